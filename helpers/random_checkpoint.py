@@ -1,0 +1,44 @@
+"""Write seeded random checkpoints in Meta's format, for tests and for scale benchmarks."""
+import json
+from pathlib import Path
+
+import torch
+
+from helpers.checkpoint import ModelArgs, expected_shapes
+
+
+def random_weights(args, seed=0, dtype=torch.bfloat16, tied=False):
+    """Random state dict with the exact Meta key set; scaled so activations stay finite over many layers."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape in expected_shapes(args).items():
+        if name == "output.weight" and tied:
+            continue
+        if name.endswith("norm.weight"):
+            t = 1.0 + 0.1 * torch.randn(shape, generator=g)
+        elif name == "tok_embeddings.weight":
+            t = torch.randn(shape, generator=g)
+        else:
+            t = torch.randn(shape, generator=g) / shape[1] ** 0.5   # unit-variance outputs
+            if name.endswith(("wo.weight", "w2.weight")):
+                t /= (2 * args.n_layers) ** 0.5                        # residual branches stay small
+        out[name] = t.to(dtype)
+    return out
+
+
+def write_checkpoint(out_dir, args, weights, tokenizer=None):
+    """params.json + consolidated.00.pth (+ a copy of tokenizer.model if given)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "params.json").write_text(json.dumps(args.to_params(), indent=2) + "\n")
+    torch.save(weights, out / "consolidated.00.pth")
+    if tokenizer is not None:
+        (out / "tokenizer.model").write_bytes(Path(tokenizer).read_bytes())
+    return out
+
+
+def write_random_checkpoint(out_dir, args=None, seed=0, dtype=torch.bfloat16, tied=False, **params):
+    """e.g. write_random_checkpoint(tmp, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128256)."""
+    if args is None:
+        args = ModelArgs(**params)
+    return write_checkpoint(out_dir, args, random_weights(args, seed, dtype, tied))

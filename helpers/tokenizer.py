@@ -1,0 +1,139 @@
+"""The Llama 3 tokenizer: tiktoken BPE with 128,000 ranks and 256 special tokens."""
+import base64
+import importlib.resources
+import os
+from pathlib import Path
+
+import tiktoken
+
+# the split regex from Meta's llama3 tokenizer: contractions, words, 1-3 digit numbers, punctuation, spaces
+PAT_STR = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+NUM_SPECIAL = 256
+MAX_ENCODE_CHARS = 400_000  # tiktoken panics on much longer inputs
+
+
+def special_token_names(llama31=False):
+    """The 256 special-token names in id order (128000 + index).
+
+    Meta-Llama-3 (3.0) names; Llama 3.1+ gave four reserved slots new names.
+    """
+    names = ["<|begin_of_text|>", "<|end_of_text|>",
+             "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
+             "<|reserved_special_token_2|>", "<|reserved_special_token_3|>",
+             "<|start_header_id|>", "<|end_header_id|>",
+             "<|reserved_special_token_4|>", "<|eot_id|>"]
+    names += [f"<|reserved_special_token_{i}|>" for i in range(5, NUM_SPECIAL - 5)]
+    if llama31:
+        names[4], names[5], names[8], names[10] = (
+            "<|finetune_right_pad_id|>", "<|step_id|>", "<|eom_id|>", "<|python_tag|>")
+    return names
+
+
+def default_tokenizer_path():
+    """The Llama 3 tokenizer.model shipped by the `llama-models` package (no network)."""
+    try:
+        path = importlib.resources.files("llama_models") / "llama3" / "tokenizer.model"
+    except ModuleNotFoundError:
+        raise FileNotFoundError(
+            "the Llama 3 tokenizer comes from the `llama-models` package, which is not installed: "
+            "run `pip install -r requirements.txt`") from None
+    return Path(str(path))
+
+
+def load_ranks(path):
+    """tokenizer.model: one 'base64(bytes) rank' pair per line -> {bytes: rank}."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer file not found: {path}")
+    ranks = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            piece, rank = line.split()
+            ranks[base64.b64decode(piece, validate=True)] = int(rank)
+        except ValueError:
+            raise ValueError(f"{path}:{n}: expected 'base64 rank', got {line[:60]!r}; "
+                             "is this a tiktoken tokenizer.model (Llama 3), not sentencepiece (Llama 2)?") from None
+    return ranks
+
+
+class Tokenizer:
+    """encode/decode like Meta's llama3 Tokenizer.
+
+    Special-token strings inside user text (e.g. "<|eot_id|>") are encoded as plain text, never as
+    the special id: only `bos`/`eos` (or `encode_special`) produce special ids, so text cannot forge a
+    turn boundary.
+    """
+
+    def __init__(self, path, llama31=False):
+        self.path = Path(path)
+        ranks = load_ranks(self.path)
+        self.n_base = len(ranks)
+        self.special_tokens = {name: self.n_base + i for i, name in enumerate(special_token_names(llama31))}
+        self.model = tiktoken.Encoding(name=self.path.name, pat_str=PAT_STR,
+                                       mergeable_ranks=ranks, special_tokens=self.special_tokens)
+        self.n_words = self.n_base + len(self.special_tokens)
+        self.bos_id = self.special_tokens["<|begin_of_text|>"]
+        self.eos_id = self.special_tokens["<|end_of_text|>"]
+        self.eot_id = self.special_tokens["<|eot_id|>"]
+        self.stop_tokens = {self.eos_id, self.eot_id, self.special_tokens.get("<|eom_id|>", self.eot_id)}
+
+    def encode(self, text, bos=True, eos=False):
+        if not isinstance(text, str):
+            raise TypeError(f"encode() takes a str, got {type(text).__name__}")
+        ids = [self.bos_id] if bos else []
+        for i in range(0, len(text), MAX_ENCODE_CHARS):
+            ids += self.model.encode(text[i:i + MAX_ENCODE_CHARS], disallowed_special=())
+        if eos:
+            ids.append(self.eos_id)
+        return ids
+
+    def encode_special(self, name):
+        """The id of one special token by name, e.g. '<|eot_id|>'."""
+        if name not in self.special_tokens:
+            raise KeyError(f"{name!r} is not a special token of {self.path}")
+        return self.special_tokens[name]
+
+    def decode(self, ids):
+        return self.model.decode([int(i) for i in ids])
+
+    def piece_bytes(self, i):
+        return self.model.decode_single_token_bytes(int(i))
+
+    def piece(self, i):
+        """One token as text; bytes that are not valid UTF-8 on their own show as \\xNN."""
+        return self.piece_bytes(i).decode("utf-8", errors="backslashreplace")
+
+    def pieces(self, ids):
+        return [self.piece(i) for i in ids]
+
+
+def load_tokenizer(model_dir=None):
+    """Tokenizer for a model dir: its own tokenizer.model if present, else the bundled Llama 3 file.
+
+    Resolution of model_dir: argument > LLAMA3_DIR > none (bundled tokenizer).
+    """
+    model_dir = model_dir or os.environ.get("LLAMA3_DIR")
+    path, llama31 = default_tokenizer_path(), False
+    if model_dir:
+        d = Path(model_dir)
+        for cand in (d / "tokenizer.model", d / "original" / "tokenizer.model"):
+            if cand.is_file():
+                path = cand
+                break
+        llama31 = _is_llama31(d)
+    return Tokenizer(path, llama31=llama31)
+
+
+def _is_llama31(d):
+    import json
+    for p in (d / "params.json", d / "original" / "params.json"):
+        try:
+            return bool(json.loads(p.read_text()).get("use_scaled_rope", False))
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False

@@ -1,0 +1,246 @@
+"""Train the default model: a small Llama 3 on Shakespeare, saved in Meta's format.
+
+    python -m helpers.train --out assets/llama3-tiny        # the shipped run (see its README.md)
+
+Training uses fused ops (scaled_dot_product_attention); the by-hand path in helpers/model.py is for
+inference. Only the ids that occur in the training plays get rows of their own: rarer and unseen ids
+share one learned input row and one learned output row, so the saved 128256-row tables are exact and
+the softmax over the full vocabulary equals the compact one with one extra "rare" class whose logit is
+shifted by log(number of rare ids).
+"""
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from helpers.checkpoint import ModelArgs, sha256
+from helpers.random_checkpoint import write_checkpoint
+from helpers.tokenizer import default_tokenizer_path, load_tokenizer
+
+TINY = dict(dim=128, n_layers=6, n_heads=4, n_kv_heads=1, vocab_size=128256, multiple_of=64,
+            ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 900
+    batch: int = 16
+    seq_len: int = 256
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup: int = 60
+    weight_decay: float = 0.1
+    min_count: int = 3        # ids seen fewer times in training share the "rare" rows
+    eval_every: int = 100
+    seed: int = 1337
+
+
+def lr_at(step, cfg):
+    """linear warmup, then cosine decay to min_lr."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
+
+
+class Vocab:
+    """full id <-> compact index; compact index len(ids) is the shared rare class."""
+
+    def __init__(self, train_ids, vocab_size, min_count):
+        counts = torch.bincount(train_ids, minlength=vocab_size)
+        self.ids = torch.nonzero(counts >= min_count).flatten()        # [n_kept]
+        self.rare = len(self.ids)
+        self.n_rare_ids = vocab_size - len(self.ids)
+        self.to_compact = torch.full((vocab_size,), self.rare, dtype=torch.long)
+        self.to_compact[self.ids] = torch.arange(len(self.ids))
+
+
+class TinyLlama(torch.nn.Module):
+    """Llama 3 with compact embedding tables; same layout (wq rows = heads x head_dim, RoPE pairs) as Meta."""
+
+    def __init__(self, args, vocab):
+        super().__init__()
+        self.args, self.vocab = args, vocab
+        n, d, hd = vocab.rare + 1, args.dim, args.head_dim
+        P = lambda *s, std=0.02: torch.nn.Parameter(torch.randn(*s) * std)
+        self.tok_embeddings = P(n, d)
+        self.output = P(n, d)
+        res_std = 0.02 / math.sqrt(2 * args.n_layers)
+        self.layers = torch.nn.ModuleList()
+        for _ in range(args.n_layers):
+            m = torch.nn.ParameterDict(dict(
+                wq=P(args.n_heads * hd, d), wk=P(args.n_kv_heads * hd, d), wv=P(args.n_kv_heads * hd, d),
+                wo=P(d, args.n_heads * hd, std=res_std), w1=P(args.hidden_dim, d), w3=P(args.hidden_dim, d),
+                w2=P(d, args.hidden_dim, std=res_std),
+                attention_norm=torch.nn.Parameter(torch.ones(d)), ffn_norm=torch.nn.Parameter(torch.ones(d))))
+            self.layers.append(m)
+        self.norm = torch.nn.Parameter(torch.ones(d))
+        self.rare_bias = math.log(vocab.n_rare_ids)  # the rare row stands for this many ids
+
+    def rope(self, T, device):
+        hd = self.args.head_dim
+        freqs = 1.0 / (self.args.rope_theta ** (torch.arange(0, hd, 2, device=device).float() / hd))
+        ang = torch.outer(torch.arange(T, device=device).float(), freqs)
+        return torch.polar(torch.ones_like(ang), ang)                          # [T, hd/2]
+
+    def forward(self, idx):                                                   # idx [B, T] compact
+        a, (B, T) = self.args, idx.shape
+        hd, rot = a.head_dim, self.rope(idx.shape[1], idx.device)
+
+        def rotate(x):                                                        # [B, T, H, hd]
+            xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+            return torch.view_as_real(xc * rot[None, :, None]).flatten(-2)
+
+        h = self.tok_embeddings[idx]
+        for m in self.layers:
+            x = F.rms_norm(h, (a.dim,), m["attention_norm"], a.norm_eps)
+            q = rotate((x @ m["wq"].T).view(B, T, a.n_heads, hd)).transpose(1, 2)
+            k = rotate((x @ m["wk"].T).view(B, T, a.n_kv_heads, hd)).transpose(1, 2)
+            v = (x @ m["wv"].T).view(B, T, a.n_kv_heads, hd).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            h = h + o.transpose(1, 2).reshape(B, T, a.dim) @ m["wo"].T
+            x = F.rms_norm(h, (a.dim,), m["ffn_norm"], a.norm_eps)
+            h = h + (F.silu(x @ m["w1"].T) * (x @ m["w3"].T)) @ m["w2"].T
+        h = F.rms_norm(h, (a.dim,), self.norm, a.norm_eps)
+        logits = h @ self.output.T
+        return torch.cat([logits[..., :-1], logits[..., -1:] + self.rare_bias], dim=-1)
+
+    def to_meta(self, dtype=torch.bfloat16):
+        """Full 128256-row Meta state dict: kept ids get their rows, every other id the shared rare row."""
+        v, a = self.vocab, self.args
+        full = lambda t: t[-1].expand(a.vocab_size, a.dim).clone().index_copy_(0, v.ids, t[:-1])
+        sd = {"tok_embeddings.weight": full(self.tok_embeddings.detach().cpu())}
+        for i, m in enumerate(self.layers):
+            for k in ("wq", "wk", "wv", "wo"):
+                sd[f"layers.{i}.attention.{k}.weight"] = m[k].detach().cpu()
+            for k in ("w1", "w2", "w3"):
+                sd[f"layers.{i}.feed_forward.{k}.weight"] = m[k].detach().cpu()
+            sd[f"layers.{i}.attention_norm.weight"] = m["attention_norm"].detach().cpu()
+            sd[f"layers.{i}.ffn_norm.weight"] = m["ffn_norm"].detach().cpu()
+        sd["norm.weight"] = self.norm.detach().cpu()
+        sd["output.weight"] = full(self.output.detach().cpu())
+        return {k: t.to(dtype).contiguous() for k, t in sd.items()}
+
+    def round_to(self, dtype=torch.bfloat16):
+        """round every parameter through dtype, so evaluation sees the weights that ship."""
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(p.to(dtype).float())
+
+
+def batches(stream, cfg, gen):
+    """random windows of seq_len+1 tokens from the training stream."""
+    while True:
+        starts = torch.randint(0, len(stream) - cfg.seq_len - 1, (cfg.batch,), generator=gen)
+        w = torch.stack([stream[s:s + cfg.seq_len + 1] for s in starts])
+        yield w[:, :-1], w[:, 1:]
+
+
+@torch.no_grad()
+def evaluate(model, stream, seq_len, max_windows=None, batch=16):
+    """mean next-token loss (nats) over non-overlapping seq_len windows of a compact stream."""
+    model.eval()
+    n = (len(stream) - 1) // seq_len
+    n = n if max_windows is None else min(n, max_windows)
+    x = stream[:n * seq_len].view(n, seq_len)
+    y = stream[1:n * seq_len + 1].view(n, seq_len)
+    dev = next(model.parameters()).device
+    total = 0.0
+    for i in range(0, n, batch):
+        logits = model(x[i:i + batch].to(dev))
+        total += F.cross_entropy(logits.flatten(0, 1), y[i:i + batch].to(dev).flatten(), reduction="sum").item()
+    model.train()
+    return total / (n * seq_len)
+
+
+def bigram_baseline(train, val, vocab_size, lams=(0.5, 0.6, 0.7, 0.8, 0.9)):
+    """interpolated bigram (add-one unigram backoff) fit on train, scored on val: {lambda: nats/token}."""
+    uni = (torch.bincount(train, minlength=vocab_size).double() + 1) / (len(train) + vocab_size)
+    pair = train[:-1] * vocab_size + train[1:]
+    keys, counts = torch.unique(pair, return_counts=True)
+    ctx = torch.bincount(train[:-1], minlength=vocab_size).double()
+    q = val[:-1] * vocab_size + val[1:]
+    pos = torch.searchsorted(keys, q).clamp(max=len(keys) - 1)
+    c_pair = torch.where(keys[pos] == q, counts[pos], 0).double()
+    c_ctx = ctx[val[:-1]]
+    p_big = torch.where(c_ctx > 0, c_pair / c_ctx.clamp(min=1), 0.0)
+    out = {}
+    for lam in lams:
+        lam_eff = torch.where(c_ctx > 0, lam, 0.0)
+        out[lam] = (-torch.log(lam_eff * p_big + (1 - lam_eff) * uni[val[1:]])).mean().item()
+    return out
+
+
+def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True):
+    from tqdm.auto import tqdm
+    from helpers.data import tokenize_split
+
+    torch.manual_seed(cfg.seed)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = load_tokenizer()
+    train_ids, val_ids = tokenize_split(tok)
+    args = ModelArgs(**args_dict)
+    vocab = Vocab(train_ids, args.vocab_size, cfg.min_count)
+    tr, va = vocab.to_compact[train_ids], vocab.to_compact[val_ids]
+    model = TinyLlama(args, vocab).to(dev)
+    decay = [p for p in model.parameters() if p.dim() == 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rows, t0, data = [], time.time(), batches(tr, cfg, gen)
+    bar = tqdm(range(cfg.steps), desc="train", disable=not progress)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        x, y = next(data)
+        loss = F.cross_entropy(model(x.to(dev)).flatten(0, 1), y.to(dev).flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        row = {"step": step + 1, "lr": lr_at(step, cfg), "train_loss": loss.item(), "val_loss": None,
+               "seconds": round(time.time() - t0, 1)}
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            row["val_loss"] = evaluate(model, va, cfg.seq_len, max_windows=64)
+            log(f"step {step + 1}: train {loss.item():.3f} val(64 windows) {row['val_loss']:.3f} "
+                f"[{row['seconds']:.0f}s]")
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        rows.append(row)
+    wall = time.time() - t0
+    model.round_to(torch.bfloat16)
+    stats = {"val_loss": evaluate(model, va, cfg.seq_len), "train_loss_sample": evaluate(model, tr, cfg.seq_len, 64),
+             "bigram": bigram_baseline(train_ids, val_ids, args.vocab_size), "wall_seconds": round(wall),
+             "tokens_seen": cfg.steps * cfg.batch * cfg.seq_len, "train_tokens": len(train_ids),
+             "val_tokens": len(val_ids), "kept_ids": len(vocab.ids), "device": dev,
+             "torch_threads": torch.get_num_threads(), "config": cfg.__dict__}
+    out = write_checkpoint(out_dir, args, model.to("cpu").to_meta())
+    pth = out / "consolidated.00.pth"
+    (out / "consolidated.00.pth.sha256").write_text(f"{sha256(pth)}  consolidated.00.pth\n")
+    with open(out / "train_log.tsv", "w") as f:
+        f.write("step\tlr\ttrain_loss\tval_loss\tseconds\n")
+        for r in rows:
+            f.write(f"{r['step']}\t{r['lr']:.6f}\t{r['train_loss']:.4f}\t"
+                    f"{'' if r['val_loss'] is None else format(r['val_loss'], '.4f')}\t{r['seconds']}\n")
+    (out / "train_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    log(json.dumps(stats, indent=2))
+    return model, stats
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="assets/llama3-tiny")
+    for k, v in TrainConfig().__dict__.items():
+        p.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
+    a = vars(p.parse_args())
+    out = a.pop("out")
+    train(out, TrainConfig(**a))
+
+
+if __name__ == "__main__":
+    main()
