@@ -184,11 +184,18 @@ def tokenizer_size(model_dir):
 
 
 def load_checkpoint(model_dir=None, verify=True):
-    """(weights, args) from a Meta-format dir. Weights stay mmap'd in their stored dtype (bf16)."""
+    """(weights, args) from a Meta-format dir (or an HF one, via helpers.hf). Weights stay mmap'd in their
+    stored dtype (bf16)."""
     d = resolve_dir(model_dir)
     if not d.is_dir():
         raise CheckpointError(f"model dir {d} does not exist; pass a dir with params.json and "
                               "consolidated.00.pth, or set LLAMA3_DIR to one")
+    if not (d / "params.json").is_file():  # a Hugging Face download? prefer Meta's files in its original/
+        from helpers import hf
+        if hf.original_dir(d):
+            d = hf.original_dir(d)
+        elif (d / "config.json").is_file():
+            return hf.load_hf_dir(d)
     args = read_params(d)
     shards = sorted(d.glob("consolidated*.pth"))
     if not shards:

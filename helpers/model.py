@@ -33,7 +33,7 @@ def fp32(weights, name):
 def linear(x, weights, name):
     """x @ W.T for W = weights[name] [out, in], upcasting W a block of rows at a time."""
     w = weights[name]
-    if w.shape[0] <= CHUNK_ROWS:
+    if w.shape[0] <= CHUNK_ROWS or w.dtype == torch.float32:  # fp32 (fp32_weights) needs no upcast
         return x @ fp32(weights, name).T
     blocks = [x @ w[r:r + CHUNK_ROWS].to(device=DEVICE, dtype=torch.float32).T
               for r in range(0, w.shape[0], CHUNK_ROWS)]
@@ -86,13 +86,21 @@ def causal_mask(T, start_pos=0):
 
 
 class KVCache:
-    """Per layer, k (after RoPE) and v for every position so far, with n_kv_heads heads (GQA)."""
+    """Per layer, k (after RoPE) and v for every position so far, with n_kv_heads heads (GQA).
+
+    Kept in fp32 so cached steps give the same logits as a full recomputation;
+    size = 2 (k, v) * n_layers * max_len * n_kv_heads * head_dim * 4 bytes.
+    """
 
     def __init__(self, args, max_len):
         shape = (args.n_layers, max_len, args.n_kv_heads, args.head_dim)
-        self.k = torch.zeros(shape, device=DEVICE)
+        self.k = torch.zeros(shape, device=DEVICE)  # [n_layers, max_len, n_kv_heads, head_dim]
         self.v = torch.zeros(shape, device=DEVICE)
         self.max_len = max_len
+
+    @property
+    def nbytes(self):
+        return self.k.nbytes + self.v.nbytes
 
     def update(self, i, start_pos, k, v):
         """store k, v [T, n_kv_heads, head_dim] at start_pos.. and return all keys/values so far."""
@@ -113,7 +121,8 @@ def attention(x, weights, args, i, rot, cache=None, start_pos=0, record=None):
     k = k.repeat_interleave(args.n_rep, dim=1)                             # [S, n_heads, head_dim]
     v = v.repeat_interleave(args.n_rep, dim=1)                             # [S, n_heads, head_dim]
     scores = torch.einsum("thd,shd->hts", q, k) / math.sqrt(hd)            # [n_heads, T, S]
-    probs = torch.softmax(scores + causal_mask(T, start_pos), dim=-1)
+    masked = scores + causal_mask(T, start_pos) if T > 1 else scores      # one new token may see every key
+    probs = torch.softmax(masked, dim=-1)
     if record is not None:
         record.setdefault("scores", []).append(scores)
         record.setdefault("attn", []).append(probs)
@@ -174,6 +183,21 @@ def forward(weights, args, tokens, cache=None, start_pos=0, last_only=False, rec
     return linear(h, weights, "output.weight")                              # [T, vocab_size]
 
 
+FP32_COPY_LIMIT = 2 << 30  # bytes: fine for small models; the real 8B would need 32 GB
+
+
+def fp32_weights(weights, max_bytes=FP32_COPY_LIMIT):
+    """Opt-in speed-up for small models: every tensor upcast to fp32 on DEVICE once, so generation
+    stops re-upcasting bf16 matrices at every token. Same numbers; refuses above max_bytes."""
+    unique = {id(t): t for t in weights.values()}                          # tied embeddings count once
+    need = sum(4 * t.numel() for t in unique.values())
+    if need > max_bytes:
+        raise ValueError(f"an fp32 copy of these weights needs {need / 2**30:.1f} GiB, over max_bytes="
+                         f"{max_bytes / 2**30:.1f} GiB; keep the bf16 weights (upcast per use) or raise max_bytes")
+    copies = {i: t.to(device=DEVICE, dtype=torch.float32) for i, t in unique.items()}
+    return {name: copies[id(t)] for name, t in weights.items()}
+
+
 @torch.inference_mode()
 def generate(weights, args, tokenizer, prompt, max_new_tokens, temperature=0.0, top_k=None, top_p=None,
              seed=None, stop_tokens=None, progress=None, on_token=None):
@@ -181,11 +205,12 @@ def generate(weights, args, tokenizer, prompt, max_new_tokens, temperature=0.0, 
 
     Greedy by default; temperature/top_k/top_p sample, reproducibly when seed is given. Stops at
     <|end_of_text|>/<|eot_id|> (not included in the text). on_token(id) is called as each token arrives.
+    The prompt runs through the model once, filling a KVCache; each new token is then one position.
     """
-    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
     if (isinstance(prompt, str) and not prompt) or not ids:
-        raise ValueError("empty prompt: give some text to continue")
-    if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+        raise ValueError("empty prompt: give some text (or token ids) to continue")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
     check_sampling(temperature, top_k, top_p)
     total = len(ids) + max_new_tokens
@@ -199,17 +224,15 @@ def generate(weights, args, tokenizer, prompt, max_new_tokens, temperature=0.0, 
     if progress or (progress is None and max_new_tokens >= 64):
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc="tokens", leave=False)
-    out, logits, pos = [], forward(weights, args, ids, cache, 0, last_only=True), 0
-    pos = len(ids)
+    logits, pos, out = forward(weights, args, ids, cache, 0, last_only=True), len(ids), []
     for _ in steps:
-        nxt = sample_next(logits[-1].cpu(), temperature, top_k, top_p, gen)
+        nxt = sample_next(logits[-1], temperature, top_k, top_p, gen)
         if nxt in stop:
             break
         out.append(nxt)
         if on_token is not None:
             on_token(nxt)
-        if len(out) == max_new_tokens:
-            break
-        logits = forward(weights, args, [nxt], cache, pos, last_only=True)
-        pos += 1
+        if len(out) < max_new_tokens:                                       # the last token needs no forward
+            logits = forward(weights, args, [nxt], cache, pos, last_only=True)
+            pos += 1
     return tokenizer.decode(out)

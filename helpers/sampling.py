@@ -3,27 +3,36 @@ import torch
 
 
 def check_sampling(temperature=0.0, top_k=None, top_p=None):
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+    """ValueError naming the bad option; `not x >= 0` also catches NaN."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ValueError(f"temperature={temperature!r} must be a number >= 0 (0 means greedy)")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k={top_k!r} must be an integer >= 1 (or None for no limit)")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p={top_p} must be in (0, 1] (or None for no limit)")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p={top_p!r} must be in (0, 1] (or None for no limit)")
 
 
-def sample_next(logits, temperature=0.0, top_k=None, top_p=None, generator=None):
-    """logits [vocab] fp32 -> token id (int)."""
-    if temperature == 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / temperature, dim=-1)
+def kept_distribution(logits, temperature=1.0, top_k=None, top_p=None):
+    """The tokens sampling may pick and their renormalised probabilities, largest first.
+
+    logits [vocab] -> (probs [n], ids [n]). temperature > 0 here; 0 (greedy) never samples.
+    """
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
     probs, ids = torch.sort(probs, descending=True)          # [vocab], largest first
     if top_k is not None:
-        probs = probs[:top_k]
-        ids = ids[:top_k]
+        probs, ids = probs[:top_k], ids[:top_k]
     if top_p is not None:
         # keep the smallest prefix whose mass reaches top_p (the first token always stays)
         before = torch.cumsum(probs, dim=-1) - probs
         keep = before < top_p
         probs, ids = probs[keep], ids[keep]
-    choice = torch.multinomial(probs / probs.sum(), 1, generator=generator)
+    return probs / probs.sum(), ids
+
+
+def sample_next(logits, temperature=0.0, top_k=None, top_p=None, generator=None):
+    """logits [vocab] fp32 -> token id (int). generator (a CPU torch.Generator) makes draws reproducible."""
+    if temperature == 0:
+        return int(torch.argmax(logits))
+    probs, ids = kept_distribution(logits.cpu(), temperature, top_k, top_p)
+    choice = torch.multinomial(probs, 1, generator=generator)
     return int(ids[choice])

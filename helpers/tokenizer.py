@@ -126,6 +126,10 @@ def load_tokenizer(model_dir=None):
                 path = cand
                 break
         llama31 = _is_llama31(d)
+        if (d / "config.json").is_file() and not (d / "params.json").is_file() \
+                and not (d / "original" / "params.json").is_file():
+            from helpers.hf import hf_tokenizer  # HF download: its tokenizer.json must be Llama 3's
+            path, llama31 = hf_tokenizer(d)
     return Tokenizer(path, llama31=llama31)
 
 

@@ -28,15 +28,16 @@ TINY = dict(dim=128, n_layers=6, n_heads=4, n_kv_heads=1, vocab_size=128256, mul
 
 @dataclass
 class TrainConfig:
-    steps: int = 900
-    batch: int = 16
-    seq_len: int = 256
+    steps: int = 2600
+    batch: int = 8
+    seq_len: int = 512
     lr: float = 3e-3
-    min_lr: float = 3e-4
+    min_lr: float = 1e-4
     warmup: int = 60
     weight_decay: float = 0.1
+    dropout: float = 0.0      # on the embedding and each residual branch, training only
     min_count: int = 3        # ids seen fewer times in training share the "rare" rows
-    eval_every: int = 100
+    eval_every: int = 200
     seed: int = 1337
 
 
@@ -63,9 +64,9 @@ class Vocab:
 class TinyLlama(torch.nn.Module):
     """Llama 3 with compact embedding tables; same layout (wq rows = heads x head_dim, RoPE pairs) as Meta."""
 
-    def __init__(self, args, vocab):
+    def __init__(self, args, vocab, dropout=0.0):
         super().__init__()
-        self.args, self.vocab = args, vocab
+        self.args, self.vocab, self.dropout = args, vocab, dropout
         n, d, hd = vocab.rare + 1, args.dim, args.head_dim
         P = lambda *s, std=0.02: torch.nn.Parameter(torch.randn(*s) * std)
         self.tok_embeddings = P(n, d)
@@ -96,16 +97,17 @@ class TinyLlama(torch.nn.Module):
             xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
             return torch.view_as_real(xc * rot[None, :, None]).flatten(-2)
 
-        h = self.tok_embeddings[idx]
+        drop = lambda t: F.dropout(t, self.dropout, self.training) if self.dropout else t
+        h = drop(self.tok_embeddings[idx])
         for m in self.layers:
             x = F.rms_norm(h, (a.dim,), m["attention_norm"], a.norm_eps)
             q = rotate((x @ m["wq"].T).view(B, T, a.n_heads, hd)).transpose(1, 2)
             k = rotate((x @ m["wk"].T).view(B, T, a.n_kv_heads, hd)).transpose(1, 2)
             v = (x @ m["wv"].T).view(B, T, a.n_kv_heads, hd).transpose(1, 2)
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-            h = h + o.transpose(1, 2).reshape(B, T, a.dim) @ m["wo"].T
+            h = h + drop(o.transpose(1, 2).reshape(B, T, a.dim) @ m["wo"].T)
             x = F.rms_norm(h, (a.dim,), m["ffn_norm"], a.norm_eps)
-            h = h + (F.silu(x @ m["w1"].T) * (x @ m["w3"].T)) @ m["w2"].T
+            h = h + drop((F.silu(x @ m["w1"].T) * (x @ m["w3"].T)) @ m["w2"].T)
         h = F.rms_norm(h, (a.dim,), self.norm, a.norm_eps)
         logits = h @ self.output.T
         return torch.cat([logits[..., :-1], logits[..., -1:] + self.rare_bias], dim=-1)
@@ -125,6 +127,23 @@ class TinyLlama(torch.nn.Module):
         sd["norm.weight"] = self.norm.detach().cpu()
         sd["output.weight"] = full(self.output.detach().cpu())
         return {k: t.to(dtype).contiguous() for k, t in sd.items()}
+
+    @torch.no_grad()
+    def load_meta(self, weights):
+        """Start from a saved Meta checkpoint of the same config (to continue a run)."""
+        v = self.vocab
+        rare_id = int(torch.nonzero(v.to_compact == v.rare)[0])
+        for name, p in (("tok_embeddings.weight", self.tok_embeddings), ("output.weight", self.output)):
+            w = weights[name].float()
+            p.copy_(torch.cat([w[v.ids], w[rare_id:rare_id + 1]]))
+        for i, m in enumerate(self.layers):
+            for k in ("wq", "wk", "wv", "wo"):
+                m[k].copy_(weights[f"layers.{i}.attention.{k}.weight"].float())
+            for k in ("w1", "w2", "w3"):
+                m[k].copy_(weights[f"layers.{i}.feed_forward.{k}.weight"].float())
+            m["attention_norm"].copy_(weights[f"layers.{i}.attention_norm.weight"].float())
+            m["ffn_norm"].copy_(weights[f"layers.{i}.ffn_norm.weight"].float())
+        self.norm.copy_(weights["norm.weight"].float())
 
     def round_to(self, dtype=torch.bfloat16):
         """round every parameter through dtype, so evaluation sees the weights that ship."""
@@ -176,7 +195,7 @@ def bigram_baseline(train, val, vocab_size, lams=(0.5, 0.6, 0.7, 0.8, 0.9)):
     return out
 
 
-def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True):
+def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, init_from=None):
     from tqdm.auto import tqdm
     from helpers.data import tokenize_split
 
@@ -187,7 +206,11 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True):
     args = ModelArgs(**args_dict)
     vocab = Vocab(train_ids, args.vocab_size, cfg.min_count)
     tr, va = vocab.to_compact[train_ids], vocab.to_compact[val_ids]
-    model = TinyLlama(args, vocab).to(dev)
+    model = TinyLlama(args, vocab, cfg.dropout)
+    if init_from:
+        from helpers.checkpoint import load_checkpoint
+        model.load_meta(load_checkpoint(init_from, verify=False)[0])
+    model = model.to(dev)
     decay = [p for p in model.parameters() if p.dim() == 2]
     other = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -218,7 +241,7 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True):
              "bigram": bigram_baseline(train_ids, val_ids, args.vocab_size), "wall_seconds": round(wall),
              "tokens_seen": cfg.steps * cfg.batch * cfg.seq_len, "train_tokens": len(train_ids),
              "val_tokens": len(val_ids), "kept_ids": len(vocab.ids), "device": dev,
-             "torch_threads": torch.get_num_threads(), "config": cfg.__dict__}
+             "torch_threads": torch.get_num_threads(), "config": cfg.__dict__, "init_from": init_from}
     out = write_checkpoint(out_dir, args, model.to("cpu").to_meta())
     pth = out / "consolidated.00.pth"
     (out / "consolidated.00.pth.sha256").write_text(f"{sha256(pth)}  consolidated.00.pth\n")
@@ -235,11 +258,12 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="assets/llama3-tiny")
+    p.add_argument("--init-from", default=None, help="continue from a checkpoint dir of the same config")
     for k, v in TrainConfig().__dict__.items():
         p.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
     a = vars(p.parse_args())
-    out = a.pop("out")
-    train(out, TrainConfig(**a))
+    out, init_from = a.pop("out"), a.pop("init_from")
+    train(out, TrainConfig(**a), init_from=init_from)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,438 @@
+"""The 8B on a modest CPU machine: memory and time of the by-hand forward pass, next to HF and the naive way.
+
+    python -m bench.synthetic_checkpoint --preset llama3-8b --out /tmp/llama3-8b-synthetic
+    python -m bench.scale --model-dir /tmp/llama3-8b-synthetic --cap 8G --parts probe,ours,hf,naive
+
+Each part runs in its own subprocess so peaks do not mix, optionally inside a fresh memory cgroup with a
+hard limit (--cap). Before a capped run the checkpoint is dropped from the page cache (fadvise DONTNEED),
+so the run has to fault every weight in itself and its page cache is charged to, and limited by, its cgroup.
+
+Parts:
+  probe  allocate anonymous memory until killed: proves the cap is enforced
+  ours   helpers.model.forward on the demo prompt (mmap'd bf16, one tensor upcast at a time, last_only),
+         greedy decode with the KV cache (helpers.model.generate), and the bandwidth bounds of the same bytes
+  hf     transformers LlamaForCausalLM in bf16 on the same weights (helpers.hf.meta_to_hf, assigned from
+         the mmap: no copy except the wq/wk rows HF orders differently), forward + greedy decode
+  naive  torch.load without mmap (every byte read into RAM), then every tensor upcast to fp32
+Peak memory: RssAnon (anonymous: what the process owns; sampled every 5 ms by a thread), VmHWM (peak
+resident incl. mmap'd file pages, which the kernel can drop and re-read), and the cgroup's max usage.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+GiB = 2 ** 30
+
+
+# ---- measuring ----------------------------------------------------------------------------------------
+
+def proc_status():
+    """/proc/self/status memory lines in bytes."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if v.strip().endswith("kB"):
+                out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+class PeakRss:
+    """Thread that samples RssAnon/RssFile; optional progress file gets the running peak (survives a kill)."""
+
+    def __init__(self, every=0.005, progress=None):
+        self.every, self.progress, self.stage = every, progress, "start"
+        self.peak_anon = self.peak_file = 0
+        self._stop = threading.Event()
+
+    def sample(self):
+        s = proc_status()
+        self.peak_anon = max(self.peak_anon, s.get("RssAnon", 0))
+        self.peak_file = max(self.peak_file, s.get("RssFile", 0))
+
+    def run(self):
+        n = 0
+        while not self._stop.is_set():
+            self.sample()
+            n += 1
+            if self.progress and n % 20 == 0:
+                with open(self.progress, "a") as f:
+                    f.write(json.dumps({"stage": self.stage, "peak_anon": self.peak_anon,
+                                        "anon": proc_status().get("RssAnon", 0)}) + "\n")
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join()
+        self.sample()
+
+    def report(self):
+        return {"peak_rss_anon": self.peak_anon, "peak_rss_file": self.peak_file,
+                "vm_hwm": proc_status()["VmHWM"]}
+
+
+def my_cgroup():
+    """The memory cgroup line of /proc/self/cgroup (v1), else the v2 one."""
+    lines = open("/proc/self/cgroup").read().splitlines()
+    return next((s for s in lines if "memory" in s.split(":")[1].split(",")), lines[-1] if lines else None)
+
+
+# ---- the parts (each runs in a child process) ---------------------------------------------------------
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, round(time.perf_counter() - t, 3)
+
+
+def bandwidth(weights, reps=3):
+    """Lower bounds for one pass over the weights, in the blocks of rows helpers.model.linear uses:
+    bf16->fp32 upcast of every tensor, a bf16 copy, and a 512 MiB memcpy between anonymous buffers."""
+    import torch
+    from helpers.model import CHUNK_ROWS
+    rows = max(min(CHUNK_ROWS, t.shape[0]) * (t.shape[1] if t.dim() > 1 else 1) for t in weights.values())
+    f32, b16 = torch.empty(rows), torch.empty(rows, dtype=torch.bfloat16)
+    seen, blocks = set(), []
+    for t in weights.values():
+        if t.untyped_storage().data_ptr() in seen:
+            continue                                          # a tied output is the embedding: read once
+        seen.add(t.untyped_storage().data_ptr())
+        m = t.view(t.shape[0], -1)
+        blocks += [m[r:r + CHUNK_ROWS].reshape(-1) for r in range(0, m.shape[0], CHUNK_ROWS)]
+    nbytes = sum(b.numel() * 2 for b in blocks)
+
+    def upcast():
+        for b in blocks:
+            f32[:b.numel()].copy_(b)
+
+    def copy16():
+        for b in blocks:
+            b16[:b.numel()].copy_(b)
+
+    src = torch.ones(GiB // 4, dtype=torch.bfloat16)                    # 512 MiB
+    dst = torch.empty_like(src)
+    out = {"weight_bytes": nbytes}
+    for name, fn in (("upcast_pass_s", upcast), ("copy_pass_s", copy16), ("memcpy_512mib_s", lambda: dst.copy_(src))):
+        out[name] = round(min(timed(fn)[1] for _ in range(reps)), 3)
+    out["memcpy_gbps"] = round(GiB / 2 / out["memcpy_512mib_s"] / 1e9, 2)    # bytes copied per second
+    out["upcast_gbps"] = round(nbytes / out["upcast_pass_s"] / 1e9, 2)  # bf16 bytes read per second
+    return out
+
+
+def part_ours(a, peak):
+    import torch
+    from helpers import facts
+    from helpers.checkpoint import load_checkpoint
+    from helpers.model import forward, generate
+    from helpers.tokenizer import load_tokenizer
+    res = {}
+    peak.stage = "load"
+    (weights, args), res["load_s"] = timed(lambda: load_checkpoint(a.model_dir))
+    tok = load_tokenizer(a.model_dir)
+    ids = facts.PROMPT_IDS
+    peak.stage = "forward"
+    with torch.inference_mode():
+        for r in range(a.repeat):
+            logits, s = timed(lambda: forward(weights, args, ids, last_only=True, progress=True))
+            res.setdefault("forward_s", []).append(s)
+    res["peak_rss_anon_forward"] = peak.peak_anon
+    res["logits_finite"] = bool(logits.isfinite().all())
+    torch.save(logits[-1].clone(), Path(a.result).with_suffix(".logits.pt"))
+    if a.decode:
+        peak.stage = "decode"
+        stamps, toks = [], []
+
+        def on_token(t):
+            stamps.append(time.perf_counter())
+            toks.append(t)
+        t0 = time.perf_counter()
+        generate(weights, args, tok, ids, a.decode + 1, on_token=on_token, progress=False)
+        res["decode_tokens"] = toks
+        res["prefill_s"] = round(stamps[0] - t0, 3)
+        res["decode_s_per_token"] = [round(t1 - t0, 3) for t0, t1 in zip(stamps, stamps[1:])]
+    if a.bandwidth:
+        peak.stage = "bandwidth"
+        res["bandwidth"] = bandwidth(weights)
+    return res
+
+
+def hf_model(weights, args):
+    """LlamaForCausalLM holding our tensors (helpers.hf.meta_to_hf): built on meta, weights assigned.
+
+    Assigning keeps the mmap'd bf16 tensors as they are; only wq/wk are copied (HF's row order)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from helpers.hf import meta_to_hf
+    sd, config = meta_to_hf(weights, args)
+    cfg = LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    model.load_state_dict(sd, assign=True, strict=not cfg.tie_word_embeddings)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=cfg)   # its buffers were left on meta
+    bad = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    assert not bad, f"still on meta: {bad[:4]}"
+    return model.eval()                                                  # params bf16 as stored
+
+
+def part_hf(a, peak):
+    import torch
+    from helpers import facts
+    from helpers.checkpoint import load_checkpoint
+    res = {}
+    peak.stage = "load"
+    t = time.perf_counter()
+    weights, args = load_checkpoint(a.model_dir)
+    model = hf_model(weights, args)
+    res["load_s"] = round(time.perf_counter() - t, 3)
+    res["peak_rss_anon_load"] = proc_status()["RssAnon"]
+    ids = torch.tensor([facts.PROMPT_IDS])
+    peak.stage = "forward"
+    with torch.inference_mode():
+        for r in range(a.repeat):
+            out, s = timed(lambda: model(ids, use_cache=False, logits_to_keep=1))
+            res.setdefault("forward_s", []).append(s)
+        logits = out.logits[0, -1].float()
+        res["peak_rss_anon_forward"] = peak.peak_anon
+        torch.save(logits.clone(), Path(a.result).with_suffix(".logits.pt"))
+        if a.decode:
+            peak.stage = "decode"
+            t0 = time.perf_counter()
+            out = model(ids, use_cache=True, logits_to_keep=1)
+            res["prefill_s"] = round(time.perf_counter() - t0, 3)
+            toks, steps = [], []
+            for _ in range(a.decode):
+                nxt = int(out.logits[0, -1].argmax())
+                toks.append(nxt)
+                t0 = time.perf_counter()
+                out = model(torch.tensor([[nxt]]), past_key_values=out.past_key_values, use_cache=True)
+                steps.append(round(time.perf_counter() - t0, 3))
+            res["decode_tokens"] = toks + [int(out.logits[0, -1].argmax())]
+            res["decode_s_per_token"] = steps
+    return res
+
+
+def part_naive(a, peak):
+    import torch
+    path = Path(a.model_dir) / "consolidated.00.pth"
+    res = {}
+    peak.stage = "load bf16 into RAM"
+    sd, res["load_s"] = timed(lambda: torch.load(path, map_location="cpu", weights_only=True))
+    res["peak_rss_anon_after_load"] = peak.peak_anon
+    peak.stage = "upcast all to fp32"
+    t = time.perf_counter()
+    for k in list(sd):
+        sd[k] = sd[k].float()
+    res["upcast_s"] = round(time.perf_counter() - t, 3)
+    return res
+
+
+def part_probe(a, peak):
+    """Touch anonymous memory 256 MiB at a time up to --probe-gib: under a cap this must be killed."""
+    import torch
+    held = []
+    for i in range(int(a.probe_gib * 4)):
+        peak.stage = f"{(i + 1) / 4:.2f} GiB"
+        held.append(torch.ones(GiB // 4, dtype=torch.uint8))
+        peak.sample()
+    return {"allocated_gib": len(held) / 4}
+
+
+PARTS = {"probe": part_probe, "ours": part_ours, "hf": part_hf, "naive": part_naive}
+
+
+def child(a):
+    import torch
+    res = {"part": a.child, "pid": os.getpid(), "cgroup": my_cgroup(), "threads": torch.get_num_threads()}
+    with PeakRss(progress=a.progress) as peak:
+        res |= PARTS[a.child](a, peak)
+    res |= peak.report()
+    Path(a.result).write_text(json.dumps(res))
+
+
+# ---- the parent: cgroups, cold cache, subprocesses ----------------------------------------------------
+
+def parse_size(s):
+    units = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30}
+    s = s.strip().upper().rstrip("B").rstrip("I")
+    return int(float(s[:-1]) * units[s[-1]]) if s[-1] in units else int(s)
+
+
+class MemoryCgroup:
+    """A fresh memory cgroup below the one we run in, with a hard limit: v1 memory.limit_in_bytes or
+    v2 memory.max. Children join it before exec; it is removed when they are done."""
+
+    def __init__(self, limit, name):
+        self.limit, self.v1 = limit, None
+        for line in open("/proc/self/cgroup"):
+            hid, ctrls, path = line.rstrip("\n").split(":", 2)
+            if "memory" in ctrls.split(","):
+                self.v1, base = True, Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+                break
+            if hid == "0" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+                self.v1, base = False, Path("/sys/fs/cgroup") / path.lstrip("/")
+        if self.v1 is None:
+            raise SystemExit("no memory cgroup found (neither v1 'memory' nor v2 with controllers); "
+                             "run without --cap or under `systemd-run --scope -p MemoryMax=8G`")
+        self.dir = base / name
+        self.dir.mkdir()
+        self.write("memory.limit_in_bytes" if self.v1 else "memory.max", str(limit))
+        got = int(self.read("memory.limit_in_bytes" if self.v1 else "memory.max"))
+        if got > limit:
+            raise SystemExit(f"{self.dir}: limit reads back as {got}, not {limit}: the cap would not apply")
+
+    def read(self, name):
+        return (self.dir / name).read_text().strip()
+
+    def write(self, name, value):
+        (self.dir / name).write_text(value)
+
+    def join(self):                      # runs in the child between fork and exec
+        (self.dir / "cgroup.procs").write_text(str(os.getpid()))
+
+    def stats(self):
+        if self.v1:
+            oom = dict(line.split() for line in self.read("memory.oom_control").splitlines())
+            return {"cgroup_limit": int(self.read("memory.limit_in_bytes")),
+                    "cgroup_max_usage": int(self.read("memory.max_usage_in_bytes")),
+                    "cgroup_failcnt": int(self.read("memory.failcnt")), "cgroup_oom_kills": int(oom.get("oom_kill", -1))}
+        ev = dict(line.split() for line in self.read("memory.events").splitlines())
+        peak = self.dir / "memory.peak"
+        return {"cgroup_limit": int(self.read("memory.max")), "cgroup_oom_kills": int(ev.get("oom_kill", -1)),
+                "cgroup_max_usage": int(peak.read_text()) if peak.exists() else None}
+
+    def remove(self):
+        for _ in range(50):
+            try:
+                self.dir.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
+
+
+def drop_cache(path):
+    """Evict this file's pages from the page cache so a run starts cold (affects nothing else)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def warm_cache(path):
+    with open(path, "rb") as f:
+        while f.read(1 << 26):
+            pass
+
+
+def cached_bytes(path):
+    """Bytes of path in the page cache (util-linux fincore), or None."""
+    try:
+        out = subprocess.run(["fincore", "-b", "-n", "-o", "RES", str(path)], capture_output=True, text=True)
+        return int(out.stdout.split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run_part(part, a, tmp, cap):
+    result, progress = tmp / f"{part}.json", tmp / f"{part}.progress"
+    for p in (result, progress):
+        p.unlink(missing_ok=True)
+    ckpt = Path(a.model_dir) / "consolidated.00.pth"
+    if a.cold or cap:
+        drop_cache(ckpt)
+    elif part != "probe":
+        warm_cache(ckpt)
+    cmd = [sys.executable, "-m", "bench.scale", "--child", part, "--model-dir", a.model_dir,
+           "--result", str(result), "--progress", str(progress), "--decode", str(a.decode),
+           "--repeat", str(a.repeat), "--probe-gib", str(a.probe_gib)] + (["--bandwidth"] if a.bandwidth else [])
+    cached = cached_bytes(ckpt)
+    cg = MemoryCgroup(cap, f"llama3-scale-{os.getpid()}-{part}") if cap else None
+    print(f"== {part}: {' '.join(cmd[1:])}" + (f"  [cgroup {cg.dir}, limit {cap / GiB:g} GiB]" if cg else ""),
+          file=sys.stderr, flush=True)
+    t = time.perf_counter()
+    rc = subprocess.run(cmd, cwd=ROOT, preexec_fn=cg.join if cg else None).returncode
+    res = json.loads(result.read_text()) if result.exists() else {"part": part}
+    res |= {"rc": rc, "wall_s": round(time.perf_counter() - t, 1), "cap": cap, "cold": bool(a.cold or cap),
+            "page_cache_at_start": cached}
+    if rc != 0 and progress.exists():
+        lines = progress.read_text().splitlines()
+        last = json.loads(lines[-1]) if lines else {}
+        res |= {"died_in_stage": last.get("stage"), "peak_rss_anon": last.get("peak_anon")}
+    if cg:
+        res |= cg.stats()
+        cg.remove()
+    print(json.dumps(res), flush=True)
+    return res
+
+
+def compare(tmp):
+    """ours vs HF on the same weights: top-1 and the largest logit difference."""
+    import torch
+    a, b = tmp / "ours.logits.pt", tmp / "hf.logits.pt"
+    if not (a.exists() and b.exists()):
+        return None
+    x, y = torch.load(a), torch.load(b)
+    return {"argmax_ours": int(x.argmax()), "argmax_hf": int(y.argmax()),
+            "top5_overlap": len(set(x.topk(5).indices.tolist()) & set(y.topk(5).indices.tolist())),
+            "max_abs_diff": round(float((x - y).abs().max()), 4), "logit_std": round(float(x.std()), 4)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model-dir", default=os.environ.get("LLAMA3_DIR"), help="Meta-format dir (default LLAMA3_DIR)")
+    p.add_argument("--parts", default="ours,hf", help=f"comma list of {sorted(PARTS)}")
+    p.add_argument("--cap", default=None, help="hard memory limit per part, e.g. 8G (a memory cgroup)")
+    p.add_argument("--cold", action="store_true", help="drop the checkpoint from the page cache first")
+    p.add_argument("--decode", type=int, default=4, help="greedy tokens to time after the forward")
+    p.add_argument("--repeat", type=int, default=2, help="forward passes to time")
+    p.add_argument("--bandwidth", action="store_true", help="also time bf16->fp32 / copy passes (ours)")
+    p.add_argument("--probe-gib", type=float, default=10.0)
+    p.add_argument("--json", default=None, help="write all results here")
+    p.add_argument("--tmp", default="/tmp/llama3-scale")
+    p.add_argument("--child", choices=sorted(PARTS), help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--progress", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        return child(a)
+    if not a.model_dir or not (Path(a.model_dir) / "consolidated.00.pth").is_file():
+        p.error(f"--model-dir {a.model_dir!r} holds no consolidated.00.pth; write one with "
+                "`python -m bench.synthetic_checkpoint --out /tmp/llama3-8b-synthetic`")
+    parts = [s for s in a.parts.split(",") if s]
+    bad = [s for s in parts if s not in PARTS]
+    if bad:
+        p.error(f"unknown part(s) {bad}; choose from {sorted(PARTS)}")
+    tmp = Path(a.tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
+    cap = parse_size(a.cap) if a.cap else None
+    import platform
+    import torch
+    info = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "ram": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+            "torch": torch.__version__, "model_dir": a.model_dir, "cmd": " ".join(sys.argv)}
+    print(json.dumps(info), flush=True)
+    results = {"info": info, "parts": [run_part(s, a, tmp, cap) for s in parts]}
+    results["ours_vs_hf"] = compare(tmp)
+    print(json.dumps({"ours_vs_hf": results["ours_vs_hf"]}), flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+import math
+
+import torch
+import torch.nn.functional as F
+
+from helpers.checkpoint import ModelArgs, load_checkpoint
+from helpers.model import forward
+from helpers.random_checkpoint import write_checkpoint
+from helpers.train import TinyLlama, TrainConfig, Vocab, bigram_baseline, lr_at
+
+
+def small_model(seed=0):
+    torch.manual_seed(seed)
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=1, vocab_size=128256, multiple_of=32,
+                     ffn_dim_multiplier=1.3)
+    stream = torch.randint(0, 300, (5000,)) * 7 + 11          # a few hundred ids, some rare
+    model = TinyLlama(args, Vocab(stream, args.vocab_size, min_count=20))
+    with torch.no_grad():                                      # perturb norms so they matter too
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return model, stream
+
+
+def test_compact_model_equals_saved_meta_checkpoint(tmp_path):
+    model, stream = small_model()
+    model.round_to(torch.bfloat16)
+    write_checkpoint(tmp_path, model.args, model.to_meta())
+    weights, args = load_checkpoint(tmp_path)
+    ids = stream[:33]
+    full = torch.log_softmax(forward(weights, args, ids), dim=-1)               # [T, 128256]
+    compact = torch.log_softmax(model(model.vocab.to_compact[ids][None])[0], -1)  # [T, kept + 1]
+    v = model.vocab
+    torch.testing.assert_close(full[:, v.ids], compact[:, :-1], atol=2e-4, rtol=1e-4)
+    rare_ids = torch.tensor([i for i in range(0, 3000) if v.to_compact[i] == v.rare])
+    # every rare id carries the rare class's probability divided evenly
+    expect = compact[:, -1:] - math.log(v.n_rare_ids)
+    torch.testing.assert_close(full[:, rare_ids], expect.expand(-1, len(rare_ids)), atol=2e-4, rtol=1e-4)
+    # and the loss the trainer optimises is the full-vocabulary loss of the saved checkpoint
+    y = stream[1:34]
+    torch.testing.assert_close(F.cross_entropy(full, y),
+                               F.cross_entropy(compact, v.to_compact[y]) + math.log(v.n_rare_ids) *
+                               (v.to_compact[y] == v.rare).float().mean(), atol=2e-4, rtol=1e-4)
+
+
+def test_rare_rows_are_shared_and_kept_rows_distinct():
+    model, _ = small_model()
+    sd = model.to_meta()
+    v = model.vocab
+    out = sd["output.weight"]
+    assert out.shape == (128256, 64)
+    assert torch.equal(out[0], out[128255]) and torch.equal(out[0], out[5])  # rare ids share one row
+    assert not torch.equal(out[v.ids[0]], out[v.ids[1]])
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr=1e-4)
+    assert lr_at(0, cfg) == 1e-4 and abs(lr_at(9, cfg) - 1e-3) < 1e-12
+    assert abs(lr_at(100, cfg) - 1e-4) < 1e-12
+    lrs = [lr_at(s, cfg) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_bigram_baseline_beats_unigram_on_repetitive_text():
+    train = torch.tensor([1, 2, 3] * 200)
+    val = torch.tensor([1, 2, 3] * 20)
+    res = bigram_baseline(train, val, vocab_size=10, lams=(0.0, 0.9))
+    assert res[0.9] < res[0.0]
+    assert abs(res[0.0] - -math.log((200 + 1) / (600 + 10))) < 1e-6  # lambda 0 is the add-one unigram
+
+
+def test_load_meta_restores_the_model(tmp_path):
+    model, stream = small_model()
+    model.round_to(torch.bfloat16)
+    torch.manual_seed(1)
+    other = TinyLlama(model.args, model.vocab)                 # fresh random init
+    other.load_meta(model.to_meta())
+    ids = model.vocab.to_compact[stream[:20]][None]
+    torch.testing.assert_close(other(ids), model(ids))
