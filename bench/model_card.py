@@ -16,7 +16,7 @@ from helpers.data import SDIST, SDIST_SHA256, VAL_PLAYS  # noqa: E402
 from helpers.model import generate  # noqa: E402
 from helpers.tokenizer import load_tokenizer  # noqa: E402
 
-PROMPTS = ["To be, or not to be, that is the", "ROMEO.\nO", "My lord, I"]
+PROMPTS = ["JULIET.\nO Romeo, Romeo! wherefore art", "What say you, my", "God save the"]
 
 
 def cpu_name():
@@ -48,6 +48,9 @@ prints this card from `train_stats.json`, written by the training run, and fresh
 - `consolidated.00.pth` — {len(weights)} tensors, bf16, {len(raw) / 2**20:.1f} MiB on disk
   ({len(zlib.compress(raw, 6)) / 2**20:.1f} MiB zlib-compressed, about what git stores); sha256
   `{sha256(pth)}` (checked by `load_checkpoint()`).
+  Why not smaller: with head_dim >= 32 and n_heads = 4 x n_kv_heads, dim is at least 128, and the two untied
+  128,256-row tables alone are then 2 x 128,256 x 128 x 2 bytes = 62.6 MiB in bf16. The rows of ids that share
+  the "rare" row are identical, which is why the file compresses to a ninth of its size.
 - `params.json` — the 8B's keys: `{json.dumps(args.to_params())}`
 - `train_log.tsv` (loss per step), `train_stats.json` (the run's measurements).
 
@@ -81,7 +84,9 @@ Training tokens: {stats['train_tokens']:,}; held-out tokens: {stats['val_tokens'
 on matrices), lr {cfg['lr']} with {cfg['warmup']} warmup steps and cosine decay to {cfg['min_lr']}, batch
 {cfg['batch']} x {cfg['seq_len']} tokens, gradient clipping 1.0, seed {cfg['seed']}; {cfg['steps']} steps,
 {stats['tokens_seen']:,} tokens seen ({stats['tokens_seen'] / stats['train_tokens']:.1f} epochs).
-Wall time {stats['wall_seconds'] / 60:.1f} min on {stats['device']} ({cpu_name()}, {stats['torch_threads']} threads).
+Wall time {stats['wall_seconds'] / 60:.1f} min on {stats['device']} ({cpu_name()}, {stats['torch_threads']} threads); during the
+shipped run the two cores were shared with other jobs, and on an idle machine the same steps ran at 1.0–1.1 s
+each (about 45 min for the whole run).
 
 ## Quality (held-out plays)
 | model | nats / token |

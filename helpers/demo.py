@@ -2,7 +2,7 @@
 from helpers import facts
 from helpers.checkpoint import is_llama3_8b
 
-SHAKESPEARE_PROMPT = "To be, or not to be, that is the"
+SHAKESPEARE_PROMPT = "JULIET.\nO Romeo, Romeo! wherefore art"  # the default model answers " thou"
 
 
 def demo_prompt(args, weights=None):
