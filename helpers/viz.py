@@ -162,7 +162,7 @@ def head_stats(attn):
     attn = attn.float().cpu()
     T, S = attn.shape[-2:]
     if T < 2:
-        raise ValueError(f"head_stats needs at least 2 query positions, got T={T}")
+        raise ValueError(f"head_stats needs at least 2 query positions, got T={T}: use a longer prompt")
     pos = torch.arange(T) + (S - T)                  # absolute position of each query
     rows = attn[..., 1:, :]                          # [..., T-1, S]
     p = pos[1:]
