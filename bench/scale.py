@@ -102,16 +102,15 @@ def bandwidth(weights, reps=3):
     """Lower bounds for one pass over the weights, in the blocks of rows helpers.model.linear uses:
     bf16->fp32 upcast of every tensor, a bf16 copy, and a 512 MiB memcpy between anonymous buffers."""
     import torch
-    from helpers.model import CHUNK_ROWS
-    rows = max(min(CHUNK_ROWS, t.shape[0]) * (t.shape[1] if t.dim() > 1 else 1) for t in weights.values())
-    f32, b16 = torch.empty(rows), torch.empty(rows, dtype=torch.bfloat16)
+    from helpers.model import CHUNK
+    f32, b16 = torch.empty(CHUNK), torch.empty(CHUNK, dtype=torch.bfloat16)
     seen, blocks = set(), []
     for t in weights.values():
         if t.untyped_storage().data_ptr() in seen:
             continue                                          # a tied output is the embedding: read once
         seen.add(t.untyped_storage().data_ptr())
-        m = t.view(t.shape[0], -1)
-        blocks += [m[r:r + CHUNK_ROWS].reshape(-1) for r in range(0, m.shape[0], CHUNK_ROWS)]
+        flat = t.view(-1)
+        blocks += [flat[r:r + CHUNK] for r in range(0, flat.numel(), CHUNK)]
     nbytes = sum(b.numel() * 2 for b in blocks)
 
     def upcast():
@@ -132,13 +131,28 @@ def bandwidth(weights, reps=3):
     return out
 
 
+def old_linear(x, weights, name):
+    """helpers.model.linear before issue 9: a fresh fp32 copy of each matrix (16384-row blocks above that)."""
+    import torch
+    from helpers.model import DEVICE, fp32
+    w = weights[name]
+    if w.shape[0] <= 16384:
+        return x @ fp32(weights, name).T
+    return torch.cat([x @ w[r:r + 16384].to(device=DEVICE, dtype=torch.float32).T
+                      for r in range(0, w.shape[0], 16384)], dim=-1)
+
+
 def part_ours(a, peak):
     import torch
+    import helpers.model
     from helpers import facts
     from helpers.checkpoint import load_checkpoint
     from helpers.model import forward, generate
     from helpers.tokenizer import load_tokenizer
     res = {}
+    if a.old_linear:
+        helpers.model.linear = old_linear                     # attention/feed_forward look it up per call
+        res["linear"] = "old"
     peak.stage = "load"
     (weights, args), res["load_s"] = timed(lambda: load_checkpoint(a.model_dir))
     tok = load_tokenizer(a.model_dir)
@@ -163,6 +177,7 @@ def part_ours(a, peak):
         res["decode_tokens"] = toks
         res["prefill_s"] = round(stamps[0] - t0, 3)
         res["decode_s_per_token"] = [round(t1 - t0, 3) for t0, t1 in zip(stamps, stamps[1:])]
+        res["peak_rss_anon_decode"] = peak.peak_anon
     if a.bandwidth:
         peak.stage = "bandwidth"
         res["bandwidth"] = bandwidth(weights)
@@ -223,6 +238,7 @@ def part_hf(a, peak):
                 steps.append(round(time.perf_counter() - t0, 3))
             res["decode_tokens"] = toks + [int(out.logits[0, -1].argmax())]
             res["decode_s_per_token"] = steps
+            res["peak_rss_anon_decode"] = peak.peak_anon
     return res
 
 
@@ -289,8 +305,13 @@ class MemoryCgroup:
             raise SystemExit("no memory cgroup found (neither v1 'memory' nor v2 with controllers); "
                              "run without --cap or under `systemd-run --scope -p MemoryMax=8G`")
         self.dir = base / name
-        self.dir.mkdir()
-        self.write("memory.limit_in_bytes" if self.v1 else "memory.max", str(limit))
+        try:
+            self.dir.mkdir()
+            self.write("memory.limit_in_bytes" if self.v1 else "memory.max", str(limit))
+        except OSError as e:
+            raise SystemExit(f"cannot make a memory cgroup at {self.dir} ({e}); needs root (v1) or a delegated "
+                             "v2 subtree. Instead run the whole benchmark capped, without --cap: "
+                             "`systemd-run --scope -p MemoryMax=8G python -m bench.scale ...`") from None
         got = int(self.read("memory.limit_in_bytes" if self.v1 else "memory.max"))
         if got > limit:
             raise SystemExit(f"{self.dir}: limit reads back as {got}, not {limit}: the cap would not apply")
@@ -309,7 +330,8 @@ class MemoryCgroup:
             oom = dict(line.split() for line in self.read("memory.oom_control").splitlines())
             return {"cgroup_limit": int(self.read("memory.limit_in_bytes")),
                     "cgroup_max_usage": int(self.read("memory.max_usage_in_bytes")),
-                    "cgroup_failcnt": int(self.read("memory.failcnt")), "cgroup_oom_kills": int(oom.get("oom_kill", -1))}
+                    "cgroup_failcnt": int(self.read("memory.failcnt")),
+                    "cgroup_oom_kills": int(oom.get("oom_kill", -1))}
         ev = dict(line.split() for line in self.read("memory.events").splitlines())
         peak = self.dir / "memory.peak"
         return {"cgroup_limit": int(self.read("memory.max")), "cgroup_oom_kills": int(ev.get("oom_kill", -1)),
@@ -322,6 +344,7 @@ class MemoryCgroup:
                 return
             except OSError:
                 time.sleep(0.1)
+        print(f"warning: could not remove {self.dir}; `rmdir` it once its processes are gone", file=sys.stderr)
 
 
 def drop_cache(path):
@@ -351,7 +374,7 @@ def cached_bytes(path):
 
 def run_part(part, a, tmp, cap):
     result, progress = tmp / f"{part}.json", tmp / f"{part}.progress"
-    for p in (result, progress):
+    for p in (result, progress, result.with_suffix(".logits.pt")):
         p.unlink(missing_ok=True)
     ckpt = Path(a.model_dir) / "consolidated.00.pth"
     if a.cold or cap:
@@ -360,23 +383,26 @@ def run_part(part, a, tmp, cap):
         warm_cache(ckpt)
     cmd = [sys.executable, "-m", "bench.scale", "--child", part, "--model-dir", a.model_dir,
            "--result", str(result), "--progress", str(progress), "--decode", str(a.decode),
-           "--repeat", str(a.repeat), "--probe-gib", str(a.probe_gib)] + (["--bandwidth"] if a.bandwidth else [])
+           "--repeat", str(a.repeat), "--probe-gib", str(a.probe_gib)] + \
+        [f for f, on in (("--bandwidth", a.bandwidth), ("--old-linear", a.old_linear)) if on]
     cached = cached_bytes(ckpt)
     cg = MemoryCgroup(cap, f"llama3-scale-{os.getpid()}-{part}") if cap else None
     print(f"== {part}: {' '.join(cmd[1:])}" + (f"  [cgroup {cg.dir}, limit {cap / GiB:g} GiB]" if cg else ""),
           file=sys.stderr, flush=True)
     t = time.perf_counter()
-    rc = subprocess.run(cmd, cwd=ROOT, preexec_fn=cg.join if cg else None).returncode
+    try:
+        rc = subprocess.run(cmd, cwd=ROOT, preexec_fn=cg.join if cg else None).returncode
+        stats = cg.stats() if cg else {}
+    finally:
+        if cg:
+            cg.remove()
     res = json.loads(result.read_text()) if result.exists() else {"part": part}
     res |= {"rc": rc, "wall_s": round(time.perf_counter() - t, 1), "cap": cap, "cold": bool(a.cold or cap),
-            "page_cache_at_start": cached}
+            "page_cache_at_start": cached, **stats}
     if rc != 0 and progress.exists():
         lines = progress.read_text().splitlines()
         last = json.loads(lines[-1]) if lines else {}
         res |= {"died_in_stage": last.get("stage"), "peak_rss_anon": last.get("peak_anon")}
-    if cg:
-        res |= cg.stats()
-        cg.remove()
     print(json.dumps(res), flush=True)
     return res
 
@@ -387,7 +413,7 @@ def compare(tmp):
     a, b = tmp / "ours.logits.pt", tmp / "hf.logits.pt"
     if not (a.exists() and b.exists()):
         return None
-    x, y = torch.load(a), torch.load(b)
+    x, y = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
     return {"argmax_ours": int(x.argmax()), "argmax_hf": int(y.argmax()),
             "top5_overlap": len(set(x.topk(5).indices.tolist()) & set(y.topk(5).indices.tolist())),
             "max_abs_diff": round(float((x - y).abs().max()), 4), "logit_std": round(float(x.std()), 4)}
@@ -395,13 +421,14 @@ def compare(tmp):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model-dir", default=os.environ.get("LLAMA3_DIR"), help="Meta-format dir (default LLAMA3_DIR)")
+    p.add_argument("--model-dir", default=os.environ.get("LLAMA3_DIR"), help="Meta dir (default LLAMA3_DIR)")
     p.add_argument("--parts", default="ours,hf", help=f"comma list of {sorted(PARTS)}")
     p.add_argument("--cap", default=None, help="hard memory limit per part, e.g. 8G (a memory cgroup)")
     p.add_argument("--cold", action="store_true", help="drop the checkpoint from the page cache first")
     p.add_argument("--decode", type=int, default=4, help="greedy tokens to time after the forward")
     p.add_argument("--repeat", type=int, default=2, help="forward passes to time")
     p.add_argument("--bandwidth", action="store_true", help="also time bf16->fp32 / copy passes (ours)")
+    p.add_argument("--old-linear", action="store_true", help="ours with the pre-issue-9 linear, for comparison")
     p.add_argument("--probe-gib", type=float, default=10.0)
     p.add_argument("--json", default=None, help="write all results here")
     p.add_argument("--tmp", default="/tmp/llama3-scale")
@@ -428,8 +455,9 @@ def main(argv=None):
             "torch": torch.__version__, "model_dir": a.model_dir, "cmd": " ".join(sys.argv)}
     print(json.dumps(info), flush=True)
     results = {"info": info, "parts": [run_part(s, a, tmp, cap) for s in parts]}
-    results["ours_vs_hf"] = compare(tmp)
-    print(json.dumps({"ours_vs_hf": results["ours_vs_hf"]}), flush=True)
+    if {"ours", "hf"} <= set(parts):
+        results["ours_vs_hf"] = compare(tmp)
+        print(json.dumps({"ours_vs_hf": results["ours_vs_hf"]}), flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
 

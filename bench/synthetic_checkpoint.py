@@ -183,8 +183,10 @@ def main(argv=None):
     free = os.statvfs(Path(a.out).resolve().parent if not Path(a.out).exists() else a.out)
     if free.f_bavail * free.f_frsize < need * 1.05:
         p.error(f"{a.out}: {need / 2**30:.1f} GiB needed, only {free.f_bavail * free.f_frsize / 2**30:.1f} free")
+    from bench.scale import PeakRss
     t0 = time.perf_counter()
-    write_synthetic(a.out, args, a.seed, tied)
+    with PeakRss() as peak:
+        write_synthetic(a.out, args, a.seed, tied)
     t1 = time.perf_counter()
     eight = a.preset.endswith("-8b")
     _, n = check(a.out, args, tied, facts.N_TENSORS if eight else None, facts.N_PARAMS if eight else None)
@@ -193,6 +195,7 @@ def main(argv=None):
     print(json.dumps({"preset": a.preset, "out": a.out, "tensors": len(expected_shapes(args)),
                       "params": n, "bytes": os.path.getsize(Path(a.out) / "consolidated.00.pth"),
                       "zip_records": n_records, "write_s": round(t1 - t0, 1),
+                      "write_peak_rss_anon": peak.peak_anon,
                       "check_s": round(time.perf_counter() - t1, 1)}))
 
 

@@ -22,7 +22,7 @@ def pick_device():
 
 
 DEVICE = pick_device()
-CHUNK_ROWS = 16384  # big matrices (the 128256-row output) are upcast this many rows at a time
+CHUNK = 1 << 19  # elements of a bf16 matrix upcast at a time: 2 MB of fp32 stays in cache (bench/scale.py)
 
 
 def fp32(weights, name):
@@ -30,14 +30,27 @@ def fp32(weights, name):
     return weights[name].to(device=DEVICE, dtype=torch.float32)
 
 
+_chunk = {}
+
+
+def upcast_rows(w, r, rows):
+    """fp32 copy of w[r:r+rows] on DEVICE in one reused buffer (valid until the next call): a fresh
+    fp32 matrix per use would cost a page fault per 4 KB, several times the upcast itself."""
+    block = w[r:r + rows]
+    buf = _chunk.get(DEVICE)
+    if buf is None or buf.numel() < block.numel():
+        with torch.inference_mode(False):  # a normal tensor: reusable inside and outside inference_mode
+            buf = _chunk[DEVICE] = torch.empty(block.numel(), device=DEVICE)
+    return buf[:block.numel()].view(block.shape).copy_(block)
+
+
 def linear(x, weights, name):
     """x @ W.T for W = weights[name] [out, in], upcasting W a block of rows at a time."""
     w = weights[name]
-    if w.shape[0] <= CHUNK_ROWS or w.dtype == torch.float32:  # fp32 (fp32_weights) needs no upcast
+    if w.dtype == torch.float32 or (torch.is_grad_enabled() and x.requires_grad):  # fp32_weights, autograd
         return x @ fp32(weights, name).T
-    blocks = [x @ w[r:r + CHUNK_ROWS].to(device=DEVICE, dtype=torch.float32).T
-              for r in range(0, w.shape[0], CHUNK_ROWS)]
-    return torch.cat(blocks, dim=-1)
+    rows = max(1, CHUNK // w.shape[1])
+    return torch.cat([x @ upcast_rows(w, r, rows).T for r in range(0, w.shape[0], rows)], dim=-1)
 
 
 def rms_norm(x, weight, eps):
@@ -186,11 +199,19 @@ def forward(weights, args, tokens, cache=None, start_pos=0, last_only=False, rec
 FP32_COPY_LIMIT = 2 << 30  # bytes: fine for small models; the real 8B would need 32 GB
 
 
+FP32_AUTO_LIMIT = 1 << 30  # generate() upcasts once below this; above, per use (no 2x RAM for big models)
+
+
+def fp32_bytes(weights):
+    """bytes of an fp32 copy of every distinct tensor (tied embeddings count once)."""
+    return sum(4 * t.numel() for t in {id(t): t for t in weights.values()}.values())
+
+
 def fp32_weights(weights, max_bytes=FP32_COPY_LIMIT):
     """Opt-in speed-up for small models: every tensor upcast to fp32 on DEVICE once, so generation
     stops re-upcasting bf16 matrices at every token. Same numbers; refuses above max_bytes."""
     unique = {id(t): t for t in weights.values()}                          # tied embeddings count once
-    need = sum(4 * t.numel() for t in unique.values())
+    need = fp32_bytes(weights)
     if need > max_bytes:
         raise ValueError(f"an fp32 copy of these weights needs {need / 2**30:.1f} GiB, over max_bytes="
                          f"{max_bytes / 2**30:.1f} GiB; keep the bf16 weights (upcast per use) or raise max_bytes")
@@ -200,12 +221,14 @@ def fp32_weights(weights, max_bytes=FP32_COPY_LIMIT):
 
 @torch.inference_mode()
 def generate(weights, args, tokenizer, prompt, max_new_tokens, temperature=0.0, top_k=None, top_p=None,
-             seed=None, stop_tokens=None, progress=None, on_token=None):
+             seed=None, stop_tokens=None, progress=None, on_token=None, fp32_copy="auto"):
     """Continue prompt (text, or a list of ids) with up to max_new_tokens; return the new text only.
 
     Greedy by default; temperature/top_k/top_p sample, reproducibly when seed is given. Stops at
     <|end_of_text|>/<|eot_id|> (not included in the text). on_token(id) is called as each token arrives.
     The prompt runs through the model once, filling a KVCache; each new token is then one position.
+    fp32_copy: "auto" upcasts the weights once when that copy fits in FP32_AUTO_LIMIT (small models: same
+    numbers, no per-token upcasting); True/False force it on/off. The 8B always upcasts per use.
     """
     ids = tokenizer.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
     if (isinstance(prompt, str) and not prompt) or not ids:
@@ -218,6 +241,8 @@ def generate(weights, args, tokenizer, prompt, max_new_tokens, temperature=0.0, 
         raise ValueError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
                          f"the context limit max_seq_len={args.max_seq_len}; shorten one of them")
     stop = set(tokenizer.stop_tokens if stop_tokens is None else stop_tokens)
+    if fp32_copy is True or (fp32_copy == "auto" and fp32_bytes(weights) <= FP32_AUTO_LIMIT):
+        weights = fp32_weights(weights)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     cache = KVCache(args, total)
     steps = range(max_new_tokens)

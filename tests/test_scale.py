@@ -141,3 +141,20 @@ def test_scale_harness_small(tied_dir, tmp_path):
     assert ours["decode_tokens"] == hf["decode_tokens"] and len(ours["decode_tokens"]) == 3
     assert res["ours_vs_hf"]["argmax_ours"] == res["ours_vs_hf"]["argmax_hf"]
     assert res["ours_vs_hf"]["top5_overlap"] == 5
+
+
+@pytest.mark.parametrize("shape", [(20000, 64), (300, 4096), (2, 1 << 20)])   # ragged tail; rows > CHUNK
+def test_linear_blocks_equal_whole_matrix(shape):
+    """helpers.model.linear upcasts a few rows at a time into a reused buffer: same product, any shape."""
+    from helpers.model import CHUNK, linear
+    g = torch.Generator().manual_seed(0)
+    w = {"w": torch.randn(shape, generator=g).to(torch.bfloat16)}
+    x = torch.randn(5, shape[1], generator=g)
+    want = (x.double() @ w["w"].double().T).float()
+    tol = dict(rtol=1e-5, atol=1e-5 * shape[1] ** 0.5)          # fp32 sums of K terms: error ~ sqrt(K)
+    torch.testing.assert_close(linear(x, w, "w"), want, **tol)
+    torch.testing.assert_close(linear(x, w, "w"), want, **tol)  # buffer reuse leaves no stale rows
+    assert shape[0] > max(1, CHUNK // shape[1])                  # really more than one block
+    xg = x.clone().requires_grad_()
+    linear(xg, w, "w").sum().backward()                      # autograd takes the plain path
+    torch.testing.assert_close(xg.grad, w["w"].float().sum(0).expand_as(x))
