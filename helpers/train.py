@@ -13,14 +13,13 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from helpers.checkpoint import ModelArgs, sha256
 from helpers.random_checkpoint import write_checkpoint
-from helpers.tokenizer import default_tokenizer_path, load_tokenizer
+from helpers.tokenizer import load_tokenizer
 
 TINY = dict(dim=128, n_layers=6, n_heads=4, n_kv_heads=1, vocab_size=128256, multiple_of=64,
             ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0)

@@ -6,6 +6,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cases import CASES, random_case  # noqa: E402  (tests/ itself is on sys.path under pytest)
+from helpers.checkpoint import load_checkpoint  # noqa: E402
+from helpers.demo import demo_prompt  # noqa: E402
+from helpers.tokenizer import load_tokenizer  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def no_llama3_dir(monkeypatch):
@@ -15,5 +20,13 @@ def no_llama3_dir(monkeypatch):
 
 @pytest.fixture(scope="session")
 def tok():
-    from helpers.tokenizer import load_tokenizer
     return load_tokenizer()
+
+
+@pytest.fixture(scope="module", params=["default", *CASES])
+def case(request, tmp_path_factory):
+    """(weights, args, tokens) for the bundled model and each random checkpoint of tests/cases.py."""
+    if request.param == "default":
+        weights, args = load_checkpoint()
+        return weights, args, load_tokenizer().encode(demo_prompt(args, weights))
+    return random_case(tmp_path_factory.mktemp(request.param), request.param)

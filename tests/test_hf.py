@@ -10,44 +10,14 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode as hf_bytes_to_
 
 from helpers import facts, hf
 from helpers.checkpoint import CheckpointError, ModelArgs, is_llama3_8b, load_checkpoint
-from helpers.demo import demo_prompt
 from helpers.model import forward
-from helpers.random_checkpoint import random_weights, write_checkpoint, write_random_checkpoint
+from helpers.random_checkpoint import random_weights, write_checkpoint
 from helpers.tokenizer import default_tokenizer_path, load_ranks, load_tokenizer, special_token_names
+
+from cases import random_case
 
 TOL = 1e-4
 # random fp32 checkpoints: (params, prompt length); vocab 128256 so load_checkpoint's tokenizer check passes
-CASES = {
-    "n_rep1": (dict(dim=64, n_heads=4, n_kv_heads=4, multiple_of=32), 7),
-    "n_rep2": (dict(dim=64, n_heads=4, n_kv_heads=2, multiple_of=32, ffn_dim_multiplier=1.3), 13),
-    "n_rep4": (dict(dim=64, n_heads=4, n_kv_heads=1), 1),
-    "n_rep8": (dict(dim=128, n_heads=8, n_kv_heads=1, ffn_dim_multiplier=1.5), 9),
-    # llama 3.1 rope scaling (Meta's constants); 129 positions so the slowed frequencies move the logits
-    "scaled_rope": (dict(dim=64, n_heads=4, n_kv_heads=2, use_scaled_rope=True, max_seq_len=131072), 129),
-    "tied": (dict(dim=64, n_heads=4, n_kv_heads=1, tied=True), 11),
-}
-
-
-def random_case(tmp, name, dtype=torch.float32):
-    params, T = CASES[name]
-    params = dict(params)
-    tied = params.pop("tied", False)
-    seed = list(CASES).index(name)
-    write_random_checkpoint(tmp, seed=seed, dtype=dtype, tied=tied, n_layers=2, vocab_size=128256, **params)
-    weights, args = load_checkpoint(tmp)
-    tokens = torch.randint(0, args.vocab_size, (T,), generator=torch.Generator().manual_seed(seed)).tolist()
-    return weights, args, tokens
-
-
-@pytest.fixture(scope="module", params=["default", *CASES])
-def case(request, tmp_path_factory):
-    """(weights, args, tokens) for the bundled model and each random checkpoint."""
-    if request.param == "default":
-        weights, args = load_checkpoint()
-        return weights, args, load_tokenizer().encode(demo_prompt(args, weights))
-    return random_case(tmp_path_factory.mktemp(request.param), request.param)
-
-
 def hf_model(sd, config):
     """LlamaForCausalLM in fp32 with eager attention, holding the given HF state dict."""
     model = LlamaForCausalLM(LlamaConfig(**config, attn_implementation="eager")).float().eval()

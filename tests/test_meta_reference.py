@@ -15,21 +15,11 @@ import fairscale.nn.model_parallel.initialize as fs_init
 from llama_models.llama3 import model as meta_model
 from llama_models.llama3.args import ModelArgs as MetaArgs
 
-from helpers.checkpoint import load_checkpoint
-from helpers.demo import demo_prompt
 from helpers.model import forward
-from helpers.random_checkpoint import write_random_checkpoint
-from helpers.tokenizer import load_tokenizer
+
+from cases import random_case
 
 TOL = 1e-4
-CASES = {  # random fp32 checkpoints: (params, prompt length), as in test_hf.py
-    "n_rep1": (dict(dim=64, n_heads=4, n_kv_heads=4, multiple_of=32), 7),
-    "n_rep2": (dict(dim=64, n_heads=4, n_kv_heads=2, multiple_of=32, ffn_dim_multiplier=1.3), 13),
-    "n_rep4": (dict(dim=64, n_heads=4, n_kv_heads=1), 1),
-    "n_rep8": (dict(dim=128, n_heads=8, n_kv_heads=1, ffn_dim_multiplier=1.5), 9),
-    "scaled_rope": (dict(dim=64, n_heads=4, n_kv_heads=2, use_scaled_rope=True, max_seq_len=131072), 129),
-    "tied": (dict(dim=64, n_heads=4, n_kv_heads=1, tied=True), 11),
-}
 
 
 def free_port():
@@ -50,26 +40,6 @@ def model_parallel():
     fs_init.destroy_model_parallel()
     if started:
         dist.destroy_process_group()
-
-
-def random_case(tmp, name):
-    params, T = CASES[name]
-    params = dict(params)
-    tied = params.pop("tied", False)
-    seed = list(CASES).index(name)
-    write_random_checkpoint(tmp, seed=seed, dtype=torch.float32, tied=tied, n_layers=2, vocab_size=128256,
-                            **params)
-    weights, args = load_checkpoint(tmp)
-    tokens = torch.randint(0, args.vocab_size, (T,), generator=torch.Generator().manual_seed(seed)).tolist()
-    return weights, args, tokens
-
-
-@pytest.fixture(scope="module", params=["default", *CASES])
-def case(request, tmp_path_factory):
-    if request.param == "default":
-        weights, args = load_checkpoint()
-        return weights, args, load_tokenizer().encode(demo_prompt(args, weights))
-    return random_case(tmp_path_factory.mktemp(request.param), request.param)
 
 
 def reference_logits(weights, args, tokens):
