@@ -164,18 +164,25 @@ def embed(weights, tokens):
     return weights["tok_embeddings.weight"][ids].to(device=DEVICE, dtype=torch.float32)
 
 
+def check_tokens(args, tokens):
+    """ids (list or tensor) -> list of ints, each a row of the embedding table."""
+    tokens = list(map(int, tokens.tolist() if torch.is_tensor(tokens) else tokens))
+    if not tokens:
+        raise ValueError("no tokens: give a non-empty prompt")
+    if max(tokens) >= args.vocab_size or min(tokens) < 0:
+        bad = max(tokens) if max(tokens) >= args.vocab_size else min(tokens)
+        raise ValueError(f"token id {bad} is outside the vocabulary (vocab_size={args.vocab_size}); "
+                         "was it made by another tokenizer?")
+    return tokens
+
+
 def forward(weights, args, tokens, cache=None, start_pos=0, last_only=False, record=None, progress=False):
     """Token ids -> fp32 logits [len(tokens), vocab_size] (or [1, vocab_size] with last_only).
 
     cache/start_pos: continue from a KVCache holding positions < start_pos.
     record: a dict that receives per-layer 'attn', 'scores' and the residual stream 'resid'.
     """
-    tokens = list(map(int, tokens.tolist() if torch.is_tensor(tokens) else tokens))
-    if not tokens:
-        raise ValueError("forward() needs at least one token")
-    if max(tokens) >= args.vocab_size or min(tokens) < 0:
-        raise ValueError(f"token id {max(tokens)} is outside the vocabulary (vocab_size={args.vocab_size}); "
-                         "was it made by another tokenizer?")
+    tokens = check_tokens(args, tokens)
     end = start_pos + len(tokens)
     limit = cache.max_len if cache is not None else args.max_seq_len
     if end > limit:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers.checkpoint import ModelArgs, sha256
+from helpers.model import apply_rope, rope_rotations
 from helpers.random_checkpoint import write_checkpoint
 from helpers.tokenizer import load_tokenizer
 
@@ -82,19 +83,10 @@ class TinyLlama(torch.nn.Module):
         self.norm = torch.nn.Parameter(torch.ones(d))
         self.rare_bias = math.log(vocab.n_rare_ids)  # the rare row stands for this many ids
 
-    def rope(self, T, device):
-        hd = self.args.head_dim
-        freqs = 1.0 / (self.args.rope_theta ** (torch.arange(0, hd, 2, device=device).float() / hd))
-        ang = torch.outer(torch.arange(T, device=device).float(), freqs)
-        return torch.polar(torch.ones_like(ang), ang)                          # [T, hd/2]
-
     def forward(self, idx):                                                   # idx [B, T] compact
         a, (B, T) = self.args, idx.shape
-        hd, rot = a.head_dim, self.rope(idx.shape[1], idx.device)
-
-        def rotate(x):                                                        # [B, T, H, hd]
-            xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-            return torch.view_as_real(xc * rot[None, :, None]).flatten(-2)
+        hd, rot = a.head_dim, rope_rotations(a, torch.arange(T)).to(idx.device)  # [T, hd/2]
+        rotate = lambda x: apply_rope(x, rot)                                 # [B, T, H, hd] broadcasts
 
         drop = lambda t: F.dropout(t, self.dropout, self.training) if self.dropout else t
         h = drop(self.tok_embeddings[idx])

@@ -18,7 +18,7 @@ from matplotlib.collections import PatchCollection
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.patches import Rectangle
 
-from helpers.model import DEVICE, apply_rope, embed, forward, fp32, linear, rms_norm, rope_frequencies, rope_rotations
+from helpers.model import DEVICE, apply_rope, check_tokens, embed, forward, fp32, linear, rms_norm, rope_frequencies, rope_rotations
 from helpers.model import layer as model_layer  # Trace.layer(i) below is a method; this is the block itself
 
 MAX_TICKS = 48           # more tokens than this: label every k-th one
@@ -55,16 +55,6 @@ def layer_labels(n_rows):
 
 # ---------------------------------------------------------------- collect attention and residuals
 
-def _check_tokens(args, tokens):
-    tokens = list(map(int, tokens.tolist() if torch.is_tensor(tokens) else tokens))
-    if not tokens:
-        raise ValueError("no tokens: give a non-empty prompt")
-    if max(tokens) >= args.vocab_size or min(tokens) < 0:
-        raise ValueError(f"token id {max(tokens)} is outside the vocabulary (vocab_size={args.vocab_size}); "
-                         "was it made by another tokenizer?")
-    return tokens
-
-
 @torch.inference_mode()
 def collect(weights, args, tokens, progress=False):
     """One forward pass with record=..., stacked on the CPU.
@@ -72,7 +62,7 @@ def collect(weights, args, tokens, progress=False):
     Returns dict: scores, attn [n_layers, n_heads, T, T] (before mask / after softmax),
     resid [n_layers+1, T, dim] (resid[0] = embeddings, resid[i+1] = output of layer i), logits [T, vocab].
     """
-    tokens = _check_tokens(args, tokens)
+    tokens = check_tokens(args, tokens)
     record = {}
     logits = forward(weights, args, tokens, record=record, progress=progress)
     resid = [embed(weights, tokens)] + record["resid"]
@@ -92,7 +82,7 @@ class Trace:
 
     def __init__(self, weights, args, tokens):
         self.weights, self.args = weights, args
-        self.tokens = _check_tokens(args, tokens)
+        self.tokens = check_tokens(args, tokens)
         if len(self.tokens) > args.max_seq_len:
             raise ValueError(f"{len(self.tokens)} tokens exceed max_seq_len={args.max_seq_len}; shorten the prompt")
         with torch.inference_mode():
@@ -340,6 +330,16 @@ def _side(n, lo=3.5, hi=13.0):
     return min(hi, max(lo, 0.32 * n + 1.5))
 
 
+def _key_query_axes(ax, labels, T, S, xlabel, title):
+    """labels on a [T queries, S keys] map: every key on x, the last T (the queries) on y."""
+    _ticks(ax, labels, "x")
+    _ticks(ax, labels[S - T:], "y")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("query")
+    if title:
+        ax.set_title(title)
+
+
 def _ticks(ax, labels, axis):
     """Token labels on one axis: thinned past MAX_TICKS, smaller font as they multiply."""
     n = len(labels)
@@ -413,12 +413,7 @@ def plot_attention(attn, labels, title=None, ax=None, hidden="causal", colorbar=
     hidden = blocked(T, S) if isinstance(hidden, str) else hidden
     fig, ax = _new(ax, _side(S) + 1.2, _side(T))
     im = heatmap(ax, attn, hidden, cmap="viridis", vmin=0, vmax=_vmax(attn))
-    _ticks(ax, labels, "x")
-    _ticks(ax, labels[S - T:], "y")
-    ax.set_xlabel("key (attended to)")
-    ax.set_ylabel("query")
-    if title:
-        ax.set_title(title)
+    _key_query_axes(ax, labels, T, S, "key (attended to)", title)
     if colorbar:
         fig.colorbar(im, ax=ax, shrink=0.8, label="attention", extend="max" if _vmax(attn) < 1 else "neither")
     return fig
@@ -431,12 +426,7 @@ def plot_attention_scores(scores, labels, title=None, ax=None):
     fig, ax = _new(ax, _side(S) + 1.2, _side(T))
     lim = max(float(scores.abs().max()), 1e-9)
     im = heatmap(ax, scores, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -lim, lim))
-    _ticks(ax, labels, "x")
-    _ticks(ax, labels[S - T:], "y")
-    ax.set_xlabel("key")
-    ax.set_ylabel("query")
-    if title:
-        ax.set_title(title)
+    _key_query_axes(ax, labels, T, S, "key", title)
     fig.colorbar(im, ax=ax, shrink=0.8, label="q·k/√d")
     return fig
 
