@@ -157,4 +157,5 @@ def test_linear_blocks_equal_whole_matrix(shape):
     assert shape[0] > max(1, CHUNK // shape[1])                  # really more than one block
     xg = x.clone().requires_grad_()
     linear(xg, w, "w").sum().backward()                      # autograd takes the plain path
-    torch.testing.assert_close(xg.grad, w["w"].float().sum(0).expand_as(x))
+    grad = w["w"].double().sum(0).float().expand_as(x)             # d(sum)/dx: the column sums of W
+    torch.testing.assert_close(xg.grad, grad, rtol=1e-5, atol=1e-5 * shape[0] ** 0.5)  # K = rows here
