@@ -14,6 +14,7 @@ import argparse
 import json
 import mmap
 import os
+import shutil
 import struct
 import sys
 import time
@@ -26,7 +27,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import facts  # noqa: E402
-from helpers.checkpoint import ModelArgs, expected_shapes, load_checkpoint  # noqa: E402
+from helpers.checkpoint import ModelArgs, atomic_write, expected_shapes, load_checkpoint, write_json  # noqa: E402
 from helpers.tokenizer import default_tokenizer_path  # noqa: E402
 
 # params.json of Meta's downloads (llama-models sku_list arch_args); 3.2 1B/3B tie output to the embedding
@@ -149,8 +150,8 @@ def write_synthetic(out_dir, args, seed=0, tied=False, dtype=torch.bfloat16, pro
     fix_crcs(tmp)
     os.replace(tmp, final)
     params = {**args.to_params(), "synthetic": True}
-    (out / "params.json").write_text(json.dumps(params, indent=2) + "\n")
-    (out / "tokenizer.model").write_bytes(default_tokenizer_path().read_bytes())
+    write_json(out / "params.json", params)
+    atomic_write(out / "tokenizer.model", lambda p: shutil.copyfile(default_tokenizer_path(), p))
     return out
 
 

@@ -1,91 +1,25 @@
 """Open a Meta-format Llama 3 checkpoint: params.json -> ModelArgs, consolidated.00.pth -> weights dict."""
-import dataclasses
 import hashlib
 import json
 import os
 import pickle
+import re
+import secrets
+import shutil
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from helpers.params import CheckpointError, ModelArgs  # noqa: F401  (re-exported: import them from here)
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = ROOT / "assets" / "llama3-tiny"
-
-
-class CheckpointError(ValueError):
-    """Bad checkpoint input; the message names the file or value and the fix."""
-
-
-@dataclass
-class ModelArgs:
-    dim: int
-    n_layers: int
-    n_heads: int
-    vocab_size: int
-    n_kv_heads: int | None = None
-    multiple_of: int = 256
-    ffn_dim_multiplier: float | None = None
-    norm_eps: float = 1e-5
-    rope_theta: float = 500000.0
-    use_scaled_rope: bool = False
-    rope_scaling_factor: float = 8.0      # llama 3.1 scaling, as in Meta's apply_scaling
-    rope_low_freq_factor: float = 1.0
-    rope_high_freq_factor: float = 4.0
-    rope_original_context: int = 8192
-    max_seq_len: int = 8192
-    extra: dict = field(default_factory=dict)  # params.json keys we do not use, kept as given
-
-    def __post_init__(self):
-        if self.n_kv_heads is None:
-            self.n_kv_heads = self.n_heads
-        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise CheckpointError(f"params.json: {name}={v!r} must be a positive integer")
-        if self.dim % self.n_heads:
-            raise CheckpointError(f"params.json: dim={self.dim} is not divisible by n_heads={self.n_heads}")
-        if self.n_heads % self.n_kv_heads:
-            raise CheckpointError(f"params.json: n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
-        if self.head_dim % 2:
-            raise CheckpointError(f"params.json: head_dim={self.head_dim} must be even for RoPE")
-
-    @property
-    def head_dim(self):
-        return self.dim // self.n_heads
-
-    @property
-    def n_rep(self):
-        """query heads per kv head (GQA)."""
-        return self.n_heads // self.n_kv_heads
-
-    @property
-    def hidden_dim(self):
-        """SwiGLU hidden size, Meta's formula: 2/3 of 4*dim, times the multiplier, rounded up."""
-        hidden = int(2 * (4 * self.dim) / 3)
-        if self.ffn_dim_multiplier is not None:
-            hidden = int(self.ffn_dim_multiplier * hidden)
-        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
-
-    @classmethod
-    def from_params(cls, params, source="params.json"):
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        missing = [k for k in ("dim", "n_layers", "n_heads", "vocab_size") if k not in params]
-        if missing:
-            raise CheckpointError(f"{source}: missing key(s) {missing}; a Llama 3 params.json has "
-                                  "dim, n_layers, n_heads, n_kv_heads, vocab_size, multiple_of, ...")
-        known = {k: v for k, v in params.items() if k in names}
-        return cls(**known, extra={k: v for k, v in params.items() if k not in names})
-
-    def to_params(self):
-        """params.json dict: the keys we were given back, in Meta's spelling."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name != "extra" and getattr(self, f.name) != f.default}
-        for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
-                  "ffn_dim_multiplier", "norm_eps", "rope_theta"):
-            out[k] = getattr(self, k)
-        return {**out, **self.extra}
+# sha256 of the bundled consolidated.00.pth, pinned in code so that nothing that writes checkpoints can
+# rewrite it; retraining the bundled model on purpose means updating this line
+DEFAULT_SHA256 = "ea826959802536d74ae4d5068c6282e03e71ade7a48672f7f3a9a224bd7cd630"
+SHARD = re.compile(r"consolidated\.\d\d\.pth")  # Meta's names; "consolidated.00 (1).pth" is a stray copy
+DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 
 
 def expected_shapes(args):
@@ -110,12 +44,26 @@ def expected_shapes(args):
 
 
 def resolve_dir(model_dir=None):
-    """argument > LLAMA3_DIR > bundled default."""
-    if model_dir:
-        return Path(model_dir)
-    if os.environ.get("LLAMA3_DIR"):
-        return Path(os.environ["LLAMA3_DIR"])
-    return DEFAULT_DIR
+    """argument > LLAMA3_DIR > bundled default. ~ is expanded; a relative path is tried against the cwd, then
+    the repo root (notebooks run in notebooks/); a checkpoint's own file (params.json, .pth) means its folder."""
+    given, what = model_dir, "model dir"
+    if not given:
+        given, what = os.environ.get("LLAMA3_DIR", "").strip(), "LLAMA3_DIR"  # empty or blank: unset
+    if not given:
+        return DEFAULT_DIR
+    p = Path(given).expanduser()
+    tried = [p] if p.is_absolute() else [p, ROOT / p]
+    d = next((t for t in tried if t.exists()), None)
+    if d is None:
+        where = f"{p}" if p.is_absolute() else f"{p} (neither {Path.cwd() / p} nor {ROOT / p})"
+        raise CheckpointError(f"{what} {where} does not exist; pass a dir with params.json and "
+                              "consolidated.00.pth, or set LLAMA3_DIR to one")
+    if d.is_file():
+        if d.name in ("params.json", "config.json") or SHARD.fullmatch(d.name) or d.suffix == ".safetensors":
+            return d.parent  # the user picked a file of the checkpoint: load its folder
+        raise CheckpointError(f"{what} {d} is a file; pass the folder that holds params.json and "
+                              "consolidated.00.pth (weights named otherwise must be renamed to consolidated.00.pth)")
+    return d
 
 
 def read_params(model_dir):
@@ -158,7 +106,7 @@ def check_weights(weights, args, path):
         raise CheckpointError(f"{path}: expected a state dict (name -> tensor), got {type(weights).__name__}")
     want = expected_shapes(args)
     missing = sorted(set(want) - set(weights))
-    unexpected = sorted(set(weights) - set(want))
+    unexpected = sorted(set(weights) - set(want), key=str)
     if missing or unexpected:
         msg = [f"{path}: key set does not match params.json (n_layers={args.n_layers})"]
         if missing:
@@ -166,6 +114,17 @@ def check_weights(weights, args, path):
         if unexpected:
             msg.append(f"unexpected {len(unexpected)}: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
         raise CheckpointError("; ".join(msg) + ". Is params.json from the same model as the .pth?")
+    for k in want:
+        t = weights[k]
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"{path}: {k} is a {type(t).__name__}, not a tensor; save a state dict of "
+                                  "tensors only (name -> tensor)")
+        if t.is_meta:
+            raise CheckpointError(f"{path}: {k} is a 'meta' device tensor, which has no data (the model was saved "
+                                  "before its weights were loaded); save it again with real weights")
+        if t.dtype not in DTYPES:
+            raise CheckpointError(f"{path}: {k} has dtype {t.dtype}; this forward pass needs floating-point "
+                                  "weights (bf16, fp16, fp32 or fp64): use the unquantized bf16 download")
     bad = [f"{k}: {tuple(weights[k].shape)} != expected {s}" for k, s in want.items()
            if tuple(weights[k].shape) != s]
     if bad:
@@ -187,9 +146,6 @@ def load_checkpoint(model_dir=None, verify=True):
     """(weights, args) from a Meta-format dir (or an HF one, via helpers.hf). Weights stay mmap'd in their
     stored dtype (bf16)."""
     d = resolve_dir(model_dir)
-    if not d.is_dir():
-        raise CheckpointError(f"model dir {d} does not exist; pass a dir with params.json and "
-                              "consolidated.00.pth, or set LLAMA3_DIR to one")
     if not (d / "params.json").is_file():  # a Hugging Face download? prefer Meta's files in its original/
         from helpers import hf
         if hf.original_dir(d):
@@ -197,19 +153,21 @@ def load_checkpoint(model_dir=None, verify=True):
         elif (d / "config.json").is_file():
             return hf.load_hf_dir(d)
     args = read_params(d)
-    shards = sorted(d.glob("consolidated*.pth"))
+    pths = sorted(d.glob("*.pth"))
+    shards = [p for p in pths if SHARD.fullmatch(p.name)]
     if not shards:
-        raise CheckpointError(f"no consolidated*.pth in {d}; download the checkpoint's .pth next to params.json")
+        found = f"only {[p.name for p in pths]}: rename the weights to" if pths else "download the checkpoint's"
+        raise CheckpointError(f"no consolidated.00.pth in {d}; {found} consolidated.00.pth next to params.json")
     if len(shards) > 1:
         raise CheckpointError(f"{d} holds {len(shards)} shards ({shards[0].name} ...): multi-shard "
                               "(70B-style, model-parallel) checkpoints are not supported yet; use an 8B/1B/3B")
     path = shards[0]
     if verify and d.resolve() == DEFAULT_DIR.resolve():
-        expect = (d / (path.name + ".sha256")).read_text().split()[0]
         got = sha256(path)
-        if got != expect:
-            raise CheckpointError(f"{path}: sha256 {got[:16]}... does not match the recorded {expect[:16]}...; "
-                                  "the bundled model is damaged: `git checkout -- assets/` restores it")
+        if got != DEFAULT_SHA256:
+            raise CheckpointError(f"{path}: sha256 {got[:16]}... is not the pinned DEFAULT_SHA256 "
+                                  f"{DEFAULT_SHA256[:16]}... (helpers/checkpoint.py); the bundled model is damaged "
+                                  "or was overwritten: `git checkout -- assets/llama3-tiny` restores it")
     weights = load_state_dict(path)
     if isinstance(weights, dict) and "output.weight" not in weights and "tok_embeddings.weight" in weights:
         weights["output.weight"] = weights["tok_embeddings.weight"]  # tied embeddings (llama 3.2 1B/3B)
@@ -220,6 +178,43 @@ def load_checkpoint(model_dir=None, verify=True):
                               f"{args.vocab_size} embedding rows (vocab_size in params.json); "
                               "use the tokenizer that came with this checkpoint")
     return weights, args
+
+
+def atomic_write(path, write):
+    """write(tmp) makes a new file beside path, then os.replace puts it in place. A process that has the old
+    file mmap'd keeps the old bytes; rewriting in place would change its weights, or SIGBUS it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json(path, data):
+    return atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def check_not_bundled(out_dir, overwrite_bundled=False):
+    if Path(out_dir).expanduser().resolve() == DEFAULT_DIR.resolve() and not overwrite_bundled:
+        raise CheckpointError(f"{out_dir} is the bundled model {DEFAULT_DIR}; write to another dir (e.g. "
+                              "runs/llama3-tiny), or pass overwrite_bundled=True (--overwrite-bundled) on purpose")
+
+
+def write_checkpoint(out_dir, args, weights, tokenizer=None, overwrite_bundled=False):
+    """params.json + consolidated.00.pth (+ a copy of tokenizer.model if given), each replaced atomically."""
+    check_not_bundled(out_dir, overwrite_bundled)
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "consolidated.00.pth", lambda p: torch.save(weights, p))
+    write_json(out / "params.json", args.to_params())
+    if tokenizer is not None:
+        atomic_write(out / "tokenizer.model", lambda p: shutil.copyfile(tokenizer, p))
+    return out
 
 
 def is_tied(weights):

@@ -12,7 +12,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from helpers.checkpoint import CheckpointError, ModelArgs, check_weights, expected_shapes, is_tied
+from helpers.checkpoint import (CheckpointError, ModelArgs, atomic_write, check_weights, expected_shapes, is_tied,
+                                write_json)
 
 ARCH = "LlamaForCausalLM"
 INDEX = "model.safetensors.index.json"
@@ -29,6 +30,11 @@ LAYER_NAMES = {  # meta -> hf, inside layers.{i}
     "attention_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
 }
+HF_KEYS = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",  # ours: hf
+           "n_kv_heads": "num_key_value_heads", "norm_eps": "rms_norm_eps", "max_seq_len": "max_position_embeddings",
+           "rope_scaling_factor": "rope_scaling.factor", "rope_low_freq_factor": "rope_scaling.low_freq_factor",
+           "rope_high_freq_factor": "rope_scaling.high_freq_factor",
+           "rope_original_context": "rope_scaling.original_max_position_embeddings"}
 TOP_NAMES = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
              "output.weight": "lm_head.weight"}
 
@@ -112,7 +118,7 @@ def args_from_config(config, source="config.json"):
     params = dict(dim=dim, n_layers=config["num_hidden_layers"], n_heads=n_heads,
                   n_kv_heads=config.get("num_key_value_heads") or n_heads, vocab_size=config["vocab_size"],
                   multiple_of=multiple_of, ffn_dim_multiplier=mult,
-                  norm_eps=config.get("rms_norm_eps", 1e-6), rope_theta=float(theta),
+                  norm_eps=config.get("rms_norm_eps", 1e-6), rope_theta=theta,
                   max_seq_len=config.get("max_position_embeddings", 2048))
     if kind == "llama3":
         try:
@@ -123,7 +129,13 @@ def args_from_config(config, source="config.json"):
         except KeyError as e:
             raise CheckpointError(f"{source}: llama3 rope scaling lacks {e}; use the config.json of the "
                                   "download") from None
-    args = ModelArgs.from_params(params, source=str(source))
+    try:
+        args = ModelArgs.from_params(params, source=str(source))
+    except CheckpointError as e:  # name the value by its config.json key
+        msg = str(e)
+        for ours, theirs in HF_KEYS.items():
+            msg = msg.replace(f": {ours}=", f": {theirs}=", 1)
+        raise CheckpointError(msg) from None
     if OUR_KEY in config:  # written by write_hf_dir: keep the exact recipe and extras, if they still agree
         ours = ModelArgs.from_params(config[OUR_KEY], source=f"{source} [{OUR_KEY}]")
         fields = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "norm_eps",
@@ -212,24 +224,26 @@ def hf_to_meta(hf, config, source="config.json", where=None):
 
 
 def write_hf_dir(out_dir, weights, args, shards=1):
-    """config.json + model.safetensors (or `shards` files + model.safetensors.index.json), HF layout."""
+    """config.json + model.safetensors (or `shards` files + model.safetensors.index.json), HF layout; each file
+    is written beside its name and then renamed into place (atomic_write), so readers never see half a file."""
     out = Path(out_dir)
     if (out / INDEX).exists() or any(out.glob("model*.safetensors")):
         raise FileExistsError(f"{out} already holds HF weights; write to an empty dir")
     out.mkdir(parents=True, exist_ok=True)
     hf, config = meta_to_hf(weights, args)
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save = lambda part, file: atomic_write(out / file, lambda p: save_file(part, p, metadata={"format": "pt"}))
     if shards == 1:
-        save_file(hf, out / "model.safetensors", metadata={"format": "pt"})
-        return out
-    names, weight_map = list(hf), {}
-    for n in range(shards):
-        file = f"model-{n + 1:05d}-of-{shards:05d}.safetensors"
-        part = names[n * len(names) // shards:(n + 1) * len(names) // shards]
-        save_file({k: hf[k] for k in part}, out / file, metadata={"format": "pt"})
-        weight_map |= dict.fromkeys(part, file)
-    size = sum(t.numel() * t.element_size() for t in hf.values())
-    (out / INDEX).write_text(json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}, indent=2))
+        save(hf, "model.safetensors")
+    else:
+        names, weight_map = list(hf), {}
+        for n in range(shards):
+            file = f"model-{n + 1:05d}-of-{shards:05d}.safetensors"
+            part = names[n * len(names) // shards:(n + 1) * len(names) // shards]
+            save({k: hf[k] for k in part}, file)
+            weight_map |= dict.fromkeys(part, file)
+        size = sum(t.numel() * t.element_size() for t in hf.values())
+        write_json(out / INDEX, {"metadata": {"total_size": size}, "weight_map": weight_map})
+    write_json(out / "config.json", config)  # last: a dir with config.json has all its weights
     return out
 
 

@@ -1,10 +1,7 @@
 """Write seeded random checkpoints in Meta's format, for tests and for scale benchmarks."""
-import json
-from pathlib import Path
-
 import torch
 
-from helpers.checkpoint import ModelArgs, expected_shapes
+from helpers.checkpoint import ModelArgs, expected_shapes, write_checkpoint  # noqa: F401  (re-exported)
 
 
 def random_weights(args, seed=0, dtype=torch.bfloat16, tied=False):
@@ -23,17 +20,6 @@ def random_weights(args, seed=0, dtype=torch.bfloat16, tied=False):
             if name.endswith(("wo.weight", "w2.weight")):
                 t /= (2 * args.n_layers) ** 0.5                        # residual branches stay small
         out[name] = t.to(dtype)
-    return out
-
-
-def write_checkpoint(out_dir, args, weights, tokenizer=None):
-    """params.json + consolidated.00.pth (+ a copy of tokenizer.model if given)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "params.json").write_text(json.dumps(args.to_params(), indent=2) + "\n")
-    torch.save(weights, out / "consolidated.00.pth")
-    if tokenizer is not None:
-        (out / "tokenizer.model").write_bytes(Path(tokenizer).read_bytes())
     return out
 
 

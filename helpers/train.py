@@ -1,6 +1,10 @@
 """Train the default model: a small Llama 3 on Shakespeare, saved in Meta's format.
 
-    python -m helpers.train --out assets/llama3-tiny        # the shipped run (see its README.md)
+    python -m helpers.train                          # the shipped run's recipe, written to runs/llama3-tiny
+    python -m helpers.train --out assets/llama3-tiny --overwrite-bundled   # replace the bundled model
+
+Replacing the bundled model also means pinning its new sha256 in helpers/checkpoint.py (DEFAULT_SHA256, which
+the trainer prints and never edits); until then load_checkpoint() reports the bundled model as damaged.
 
 Training uses fused ops (scaled_dot_product_attention); the by-hand path in helpers/model.py is for
 inference. Only the ids that occur in the training plays get rows of their own: rarer and unseen ids
@@ -17,9 +21,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from helpers.checkpoint import ModelArgs, sha256
+from helpers.checkpoint import (DEFAULT_DIR, DEFAULT_SHA256, ModelArgs, atomic_write, check_not_bundled, sha256,
+                                write_checkpoint, write_json)
 from helpers.model import apply_rope, rope_rotations
-from helpers.random_checkpoint import write_checkpoint
 from helpers.tokenizer import load_tokenizer
 
 TINY = dict(dim=128, n_layers=6, n_heads=4, n_kv_heads=1, vocab_size=128256, multiple_of=64,
@@ -186,10 +190,22 @@ def bigram_baseline(train, val, vocab_size, lams=(0.5, 0.6, 0.7, 0.8, 0.9)):
     return out
 
 
-def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, init_from=None):
+def write_log(path, rows):
+    def write(p):
+        with open(p, "w") as f:
+            f.write("step\tlr\ttrain_loss\tval_loss\tseconds\n")
+            for r in rows:
+                f.write(f"{r['step']}\t{r['lr']:.6f}\t{r['train_loss']:.4f}\t"
+                        f"{'' if r['val_loss'] is None else format(r['val_loss'], '.4f')}\t{r['seconds']}\n")
+    atomic_write(path, write)
+
+
+def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, init_from=None,
+          overwrite_bundled=False):
     from tqdm.auto import tqdm
     from helpers.data import tokenize_split
 
+    check_not_bundled(out_dir, overwrite_bundled)  # before the long run, not after it
     torch.manual_seed(cfg.seed)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     tok = load_tokenizer()
@@ -233,28 +249,30 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
              "tokens_seen": cfg.steps * cfg.batch * cfg.seq_len, "train_tokens": len(train_ids),
              "val_tokens": len(val_ids), "kept_ids": len(vocab.ids), "device": dev,
              "torch_threads": torch.get_num_threads(), "config": cfg.__dict__, "init_from": init_from}
-    out = write_checkpoint(out_dir, args, model.to("cpu").to_meta())
-    pth = out / "consolidated.00.pth"
-    (out / "consolidated.00.pth.sha256").write_text(f"{sha256(pth)}  consolidated.00.pth\n")
-    with open(out / "train_log.tsv", "w") as f:
-        f.write("step\tlr\ttrain_loss\tval_loss\tseconds\n")
-        for r in rows:
-            f.write(f"{r['step']}\t{r['lr']:.6f}\t{r['train_loss']:.4f}\t"
-                    f"{'' if r['val_loss'] is None else format(r['val_loss'], '.4f')}\t{r['seconds']}\n")
-    (out / "train_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    out = write_checkpoint(out_dir, args, model.to("cpu").to_meta(), overwrite_bundled=overwrite_bundled)
+    write_log(out / "train_log.tsv", rows)
+    write_json(out / "train_stats.json", stats)
+    if out.resolve() == DEFAULT_DIR.resolve() and (digest := sha256(out / "consolidated.00.pth")) != DEFAULT_SHA256:
+        log(f"replaced the bundled model: set DEFAULT_SHA256 = \"{digest}\" in helpers/checkpoint.py")
     log(json.dumps(stats, indent=2))
     return model, stats
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="assets/llama3-tiny")
+    p.add_argument("--out", default="runs/llama3-tiny", help="output dir (default: %(default)s)")
+    p.add_argument("--overwrite-bundled", action="store_true",
+                   help="allow --out to be the bundled assets/llama3-tiny (then update DEFAULT_SHA256)")
     p.add_argument("--init-from", default=None, help="continue from a checkpoint dir of the same config")
     for k, v in TrainConfig().__dict__.items():
         p.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
     a = vars(p.parse_args())
-    out, init_from = a.pop("out"), a.pop("init_from")
-    train(out, TrainConfig(**a), init_from=init_from)
+    out, init_from, overwrite = a.pop("out"), a.pop("init_from"), a.pop("overwrite_bundled")
+    try:
+        check_not_bundled(out, overwrite)
+    except ValueError as e:
+        p.error(str(e))
+    train(out, TrainConfig(**a), init_from=init_from, overwrite_bundled=overwrite)
 
 
 if __name__ == "__main__":

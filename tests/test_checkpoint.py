@@ -35,7 +35,7 @@ def test_n_kv_heads_defaults_to_n_heads():
 @pytest.mark.parametrize("params,match", [
     (dict(dim=65, n_layers=1, n_heads=4, vocab_size=10), "not divisible by n_heads"),
     (dict(dim=64, n_layers=1, n_heads=4, n_kv_heads=3, vocab_size=10), "not a multiple of n_kv_heads"),
-    (dict(dim=64, n_layers=0, n_heads=4, vocab_size=10), "n_layers=0 must be a positive integer"),
+    (dict(dim=64, n_layers=0, n_heads=4, vocab_size=10), "n_layers=0 must be a positive integer; fix the value"),
 ])
 def test_model_args_validation(params, match):
     with pytest.raises(CheckpointError, match=match):
@@ -89,8 +89,70 @@ def test_default_checkpoint_sha256_is_verified(tmp_path, monkeypatch):
     with open(d / "consolidated.00.pth", "r+b") as f:
         f.seek(-100, os.SEEK_END)
         f.write(b"\x00" * 10)
-    with pytest.raises(CheckpointError, match="does not match the recorded"):
+    with pytest.raises(CheckpointError, match="is not the pinned DEFAULT_SHA256.*git checkout"):
         load_checkpoint()
+
+
+def test_bundled_sha256_is_pinned_in_code():
+    assert checkpoint.sha256(checkpoint.DEFAULT_DIR / "consolidated.00.pth") == checkpoint.DEFAULT_SHA256
+    assert not list(checkpoint.DEFAULT_DIR.glob("*.sha256"))  # no sidecar that a writer could rewrite
+
+
+def test_write_checkpoint_refuses_the_bundled_dir(monkeypatch, tmp_path):
+    d = tmp_path / "bundled"
+    monkeypatch.setattr(checkpoint, "DEFAULT_DIR", d)
+    args = ModelArgs(**SMALL)
+    with pytest.raises(CheckpointError, match="is the bundled model.*overwrite_bundled=True"):
+        write_random_checkpoint(d, args)
+    assert not d.exists()
+    write_checkpoint(d, args, random_weights(args), overwrite_bundled=True)
+    assert load_checkpoint(d, verify=False)[1] == args
+
+
+# ---- writers replace files atomically: a reader with the old file mmap'd keeps its weights ----------
+
+def test_rewriting_a_loaded_checkpoint_keeps_the_old_weights(ckpt):
+    args = ModelArgs(**SMALL)
+    old, _ = load_checkpoint(ckpt)                              # mmap'd from the file we now replace
+    before = {k: v.clone() for k, v in old.items()}
+    write_checkpoint(ckpt, args, random_weights(args, seed=1))  # same shapes, same file size
+    assert all(torch.equal(old[k], before[k]) for k in old)
+    new, _ = load_checkpoint(ckpt)
+    assert torch.equal(new["norm.weight"], random_weights(args, seed=1)["norm.weight"])
+    assert not torch.equal(new["norm.weight"], old["norm.weight"])
+    assert sorted(p.name for p in ckpt.iterdir()) == ["consolidated.00.pth", "params.json"]  # no temp files
+
+
+def test_failed_hf_write_leaves_no_half_file(tmp_path, monkeypatch):
+    from helpers import hf
+    args = ModelArgs(**SMALL)
+
+    def crash(tensors, path, metadata=None):
+        open(path, "wb").write(b"half")
+        raise OSError("disk full")
+    monkeypatch.setattr(hf, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        hf.write_hf_dir(tmp_path / "hf", random_weights(args), args)
+    assert list((tmp_path / "hf").iterdir()) == []  # no model.safetensors stub, no config.json, no temp file
+    monkeypatch.undo()
+    hf.write_hf_dir(tmp_path / "hf", random_weights(args), args)
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
+    w, _ = load_checkpoint(tmp_path / "hf")
+    assert torch.equal(w["norm.weight"], random_weights(args)["norm.weight"])
+
+
+def test_atomic_write_failure_leaves_the_old_file(tmp_path):
+    path = tmp_path / "params.json"
+    path.write_text("old")
+
+    def crash(p):
+        p.write_text("half writ")
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.atomic_write(path, crash)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["params.json"]
+    checkpoint.atomic_write(path, lambda p: p.write_text("new"))
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["params.json"]
 
 
 # ---- bad input: one clear error naming the file or value -----------------------------------------
@@ -121,7 +183,7 @@ def test_params_missing_key(ckpt):
 
 def test_no_pth(ckpt):
     (ckpt / "consolidated.00.pth").unlink()
-    with pytest.raises(CheckpointError, match=r"no consolidated\*.pth in"):
+    with pytest.raises(CheckpointError, match=r"no consolidated.00.pth in .*download the checkpoint's"):
         load_checkpoint(ckpt)
 
 

@@ -1,11 +1,14 @@
 import math
+import sys
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers.checkpoint import ModelArgs, load_checkpoint
+from helpers import checkpoint
+from helpers import train as train_module
+from helpers.checkpoint import CheckpointError, ModelArgs, load_checkpoint, write_checkpoint
 from helpers.model import forward
-from helpers.random_checkpoint import write_checkpoint
 from helpers.train import TinyLlama, TrainConfig, Vocab, bigram_baseline, lr_at
 
 
@@ -77,3 +80,48 @@ def test_load_meta_restores_the_model(tmp_path):
     other.load_meta(model.to_meta())
     ids = model.vocab.to_compact[stream[:20]][None]
     torch.testing.assert_close(other(ids), model(ids))
+
+
+# ---- the trainer never overwrites the bundled model unless asked --------------------------------
+
+def run_main(monkeypatch, *argv):
+    calls = []
+    monkeypatch.setattr(train_module, "train", lambda out, cfg, **kw: calls.append((out, kw)))
+    monkeypatch.setattr(sys, "argv", ["helpers.train", *argv])
+    train_module.main()
+    return calls
+
+
+def test_default_out_is_not_the_bundled_model(monkeypatch):
+    (out, kw), = run_main(monkeypatch, "--steps", "1")
+    assert out == "runs/llama3-tiny" and kw["overwrite_bundled"] is False
+    assert (checkpoint.ROOT / out).resolve() != checkpoint.DEFAULT_DIR.resolve()
+
+
+@pytest.mark.parametrize("out", ["assets/llama3-tiny", "assets/llama3-tiny/", str(checkpoint.DEFAULT_DIR)])
+def test_writing_the_bundled_model_needs_the_flag(monkeypatch, capsys, out):
+    monkeypatch.chdir(checkpoint.ROOT)
+    with pytest.raises(SystemExit) as e:
+        run_main(monkeypatch, "--out", out)
+    assert e.value.code == 2 and "is the bundled model" in capsys.readouterr().err
+    assert run_main(monkeypatch, "--out", out, "--overwrite-bundled") == [(out, {"init_from": None,
+                                                                                 "overwrite_bundled": True})]
+
+
+def test_train_refuses_the_bundled_model_before_training(monkeypatch):
+    def no_data(*a, **k):
+        raise AssertionError("training started")
+    monkeypatch.setattr(train_module, "load_tokenizer", no_data)
+    with pytest.raises(CheckpointError, match="is the bundled model"):
+        train_module.train(checkpoint.DEFAULT_DIR)
+    assert checkpoint.sha256(checkpoint.DEFAULT_DIR / "consolidated.00.pth") == checkpoint.DEFAULT_SHA256
+
+
+def test_write_log_leaves_no_temp_files(tmp_path):
+    model, _ = small_model()
+    args = model.args
+    write_checkpoint(tmp_path, args, model.to_meta())
+    train_module.write_log(tmp_path / "train_log.tsv", [{"step": 1, "lr": 1e-3, "train_loss": 5.0, "val_loss": None,
+                                                         "seconds": 0.1}])
+    assert (tmp_path / "train_log.tsv").read_text() == "step\tlr\ttrain_loss\tval_loss\tseconds\n1\t0.001000\t5.0000\t\t0.1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["consolidated.00.pth", "params.json", "train_log.tsv"]
