@@ -17,20 +17,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers.checkpoint import load_checkpoint  # noqa: E402
 from helpers.demo import demo_prompt  # noqa: E402
-from helpers.hf import meta_to_hf  # noqa: E402
 from helpers.model import DEVICE, generate  # noqa: E402
+from helpers.reference import hf_model  # noqa: E402
 from helpers.tokenizer import load_tokenizer  # noqa: E402
-
-
-def hf_model(weights, args, dtype):
-    """A transformers LlamaForCausalLM holding our weights in dtype, on DEVICE."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    sd, config = meta_to_hf(weights, args)
-    model = LlamaForCausalLM(LlamaConfig.from_dict(config)).to(dtype)
-    model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=not config["tie_word_embeddings"])
-    if config["tie_word_embeddings"]:
-        model.tie_weights()
-    return model.to(DEVICE).eval()
 
 
 def sync():
@@ -80,7 +69,8 @@ def main():
     tok = load_tokenizer(a.model_dir)
     ids = tok.encode(demo_prompt(args, weights))
     stop = set(tok.stop_tokens)
-    hf32, hf16 = hf_model(weights, args, torch.float32), hf_model(weights, args, torch.bfloat16)
+    hf32, hf16 = (hf_model(weights, args, dtype, attn_implementation="sdpa").to(DEVICE)  # HF's default attention
+                  for dtype in (torch.float32, torch.bfloat16))
     runs = {  # name -> function returning (tokens, seconds)
         "ours: generate(fp32_copy=False), upcast per use": lambda n: time_ours(weights, args, tok, ids, n, stop, False),
         "ours: generate() default (fp32 copy if < 1 GiB)": lambda n: time_ours(weights, args, tok, ids, n, stop),
@@ -96,7 +86,7 @@ def main():
     assert ours == theirs, f"greedy tokens differ from transformers float32 from step {agree(ours, theirs)}"
     rate = {name: (len(t) / wall, len(t) / cpu) for name, (t, wall, cpu) in got.items()}
     print(f"model: dim={args.dim} n_layers={args.n_layers} n_heads={args.n_heads} n_kv_heads={args.n_kv_heads} "
-          f"vocab={args.vocab_size}; HF weights via helpers.hf.meta_to_hf")
+          f"vocab={args.vocab_size}; HF model via helpers.reference.hf_model")
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, {DEVICE}, torch "
           f"{torch.__version__}; prompt {len(ids)} tokens, {len(ours)} new tokens")
     print(f"ours == transformers float32 token for token: {tok.decode(ours)[:70]!r}")

@@ -11,7 +11,7 @@ Parts:
   probe  allocate anonymous memory until killed: proves the cap is enforced
   ours   helpers.model.forward on the demo prompt (mmap'd bf16, one tensor upcast at a time, last_only),
          greedy decode with the KV cache (helpers.model.generate), and the bandwidth bounds of the same bytes
-  hf     transformers LlamaForCausalLM in bf16 on the same weights (helpers.hf.meta_to_hf, assigned from
+  hf     transformers LlamaForCausalLM in bf16 on the same weights (helpers.reference.hf_model, assigned from
          the mmap: no copy except the wq/wk rows HF orders differently), forward + greedy decode
   naive  torch.load without mmap (every byte read into RAM), then every tensor upcast to fp32
 Peak memory: RssAnon (anonymous: what the process owns; sampled every 5 ms by a thread), VmHWM (peak
@@ -184,35 +184,17 @@ def part_ours(a, peak):
     return res
 
 
-def hf_model(weights, args):
-    """LlamaForCausalLM holding our tensors (helpers.hf.meta_to_hf): built on meta, weights assigned.
-
-    Assigning keeps the mmap'd bf16 tensors as they are; only wq/wk are copied (HF's row order)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from helpers.hf import meta_to_hf
-    sd, config = meta_to_hf(weights, args)
-    cfg = LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
-    with torch.device("meta"):
-        model = LlamaForCausalLM(cfg)
-    model.load_state_dict(sd, assign=True, strict=not cfg.tie_word_embeddings)
-    if cfg.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    model.model.rotary_emb = type(model.model.rotary_emb)(config=cfg)   # its buffers were left on meta
-    bad = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    assert not bad, f"still on meta: {bad[:4]}"
-    return model.eval()                                                  # params bf16 as stored
-
-
 def part_hf(a, peak):
     import torch
     from helpers import facts
     from helpers.checkpoint import load_checkpoint
+    from helpers.reference import hf_model
     res = {}
     peak.stage = "load"
     t = time.perf_counter()
     weights, args = load_checkpoint(a.model_dir)
-    model = hf_model(weights, args)
+    # bf16 as stored, assigned from the mmap (no copy but wq/wk); sdpa, transformers' default attention
+    model = hf_model(weights, args, dtype=weights["tok_embeddings.weight"].dtype, attn_implementation="sdpa")
     res["load_s"] = round(time.perf_counter() - t, 3)
     res["peak_rss_anon_load"] = proc_status()["RssAnon"]
     ids = torch.tensor([facts.PROMPT_IDS])

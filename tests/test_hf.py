@@ -5,31 +5,19 @@ import shutil
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 from transformers.convert_slow_tokenizer import bytes_to_unicode as hf_bytes_to_unicode
 
 from helpers import facts, hf
 from helpers.checkpoint import CheckpointError, ModelArgs, is_llama3_8b, load_checkpoint
 from helpers.model import forward
 from helpers.random_checkpoint import random_weights, write_checkpoint
+from helpers.reference import hf_attention, hf_logits, hf_model
 from helpers.tokenizer import default_tokenizer_path, load_ranks, load_tokenizer, special_token_names
 
 from cases import random_case
 
 TOL = 1e-4
-# random fp32 checkpoints: (params, prompt length); vocab 128256 so load_checkpoint's tokenizer check passes
-def hf_model(sd, config):
-    """LlamaForCausalLM in fp32 with eager attention, holding the given HF state dict."""
-    model = LlamaForCausalLM(LlamaConfig(**config, attn_implementation="eager")).float().eval()
-    result = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
-    assert not result.unexpected_keys
-    assert set(result.missing_keys) <= ({"lm_head.weight"} if config["tie_word_embeddings"] else set())
-    return model
-
-
-@torch.no_grad()
-def hf_logits(model, tokens):
-    return model(torch.tensor([tokens]), use_cache=False).logits[0]  # [T, vocab]
 
 
 def max_diff(a, b):
@@ -37,38 +25,59 @@ def max_diff(a, b):
 
 
 def test_logits_match_transformers(case, tmp_path):
-    """Our files, opened by transformers' own from_pretrained, give our forward's logits."""
+    """Our files, opened by transformers' own from_pretrained, and helpers.reference's in-memory copy
+    (what the notebooks and benches use) both give our forward's logits."""
     weights, args, tokens = case
     hf.write_hf_dir(tmp_path, weights, args)
     model = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32, attn_implementation="eager").eval()
     assert model.config._attn_implementation == "eager"
     ours = forward(weights, args, tokens)
-    theirs = hf_logits(model, tokens)
-    assert ours.shape == theirs.shape == (len(tokens), args.vocab_size)
-    assert max_diff(ours, theirs) <= TOL
-    assert (ours.argmax(-1).cpu() == theirs.argmax(-1)).all()
+    for theirs in hf_logits(model, tokens), hf_logits(hf_model(weights, args), tokens):
+        assert ours.shape == theirs.shape == (len(tokens), args.vocab_size)
+        assert max_diff(ours, theirs) <= TOL
+        assert (ours.argmax(-1).cpu() == theirs.argmax(-1)).all()
+
+
+def test_attention_probabilities_match_transformers(case):
+    """forward(record=...)'s attention maps (what notebook 10 draws) are transformers' eager ones."""
+    weights, args, tokens = case
+    rec = {}
+    forward(weights, args, tokens, record=rec)
+    theirs = hf_attention(hf_model(weights, args), tokens)
+    assert theirs.shape == (args.n_layers, args.n_heads, len(tokens), len(tokens))
+    assert max_diff(torch.stack(rec["attn"]), theirs) <= TOL
+
+
+def test_bf16_reference_shares_the_checkpoint_tensors():
+    """In the stored dtype nothing is copied but wq/wk (HF's row order): how bench/scale fits the 8B."""
+    weights, args = load_checkpoint()
+    assert weights["tok_embeddings.weight"].dtype == torch.bfloat16
+    model = hf_model(weights, args, dtype=torch.bfloat16)
+    assert model.model.embed_tokens.weight.data_ptr() == weights["tok_embeddings.weight"].data_ptr()
+    assert model.model.layers[0].mlp.down_proj.weight.data_ptr() == \
+        weights["layers.0.feed_forward.w2.weight"].data_ptr()
+    assert model.model.layers[0].self_attn.q_proj.weight.data_ptr() != \
+        weights["layers.0.attention.wq.weight"].data_ptr()
 
 
 def test_unpermuted_qk_would_not_match(tmp_path):
     """The q/k row reorder is what makes rotate-half RoPE equal Meta's pairs: without it logits differ."""
     weights, args, tokens = random_case(tmp_path, "n_rep2")
-    sd, config = hf.meta_to_hf(weights, args)
     ours = forward(weights, args, tokens)
-    assert max_diff(ours, hf_logits(hf_model(sd, config), tokens)) <= TOL
-    for k in weights:
-        if k.endswith(("wq.weight", "wk.weight")):
-            sd[hf.hf_name(k)] = weights[k]  # Meta's row order, as a naive rename would leave it
-    assert max_diff(ours, hf_logits(hf_model(sd, config), tokens)) > 100 * TOL
+    assert max_diff(ours, hf_logits(hf_model(weights, args), tokens)) <= TOL
+    # pre-undo the reorder: meta_to_hf then puts Meta's row order in HF's slots, as a naive rename would
+    naive = {k: hf.reorder(k, w, args, hf.unpermute) for k, w in weights.items()}
+    assert max_diff(ours, hf_logits(hf_model(naive, args), tokens)) > 100 * TOL
 
 
 def test_scaled_rope_case_is_not_vacuous(tmp_path):
     """Without llama 3.1 scaling the scaled case's logits move far beyond the tolerance."""
     weights, args, tokens = random_case(tmp_path, "scaled_rope")
-    sd, config = hf.meta_to_hf(weights, args)
+    _, config = hf.meta_to_hf(weights, args)
     assert config["rope_scaling"] == {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
     plain = dataclasses.replace(args, use_scaled_rope=False)
-    assert max_diff(forward(weights, plain, tokens), hf_logits(hf_model(sd, config), tokens)) > 100 * TOL
+    assert max_diff(forward(weights, plain, tokens), hf_logits(hf_model(weights, args), tokens)) > 100 * TOL
 
 
 def test_permute_inverts_and_moves_pairs_to_halves():

@@ -1,60 +1,23 @@
 """Our by-hand forward equals Meta's own reference, llama_models.llama3.model.Transformer.
 
-Meta's model is written for model parallelism (fairscale Column/RowParallelLinear, VocabParallelEmbedding),
-which needs a torch.distributed process group even on one process. A single-rank gloo group on localhost
-is enough: with model-parallel size 1 every fairscale scatter/gather is the identity, and nothing in the
-model itself needs CUDA, so it runs unpatched on CPU.
+helpers.reference.meta_model builds it (fp32 on CPU, in a single-rank gloo group for fairscale's
+model-parallel layers; with model-parallel size 1 they are plain linear layers and embeddings).
 """
 import dataclasses
-import socket
 
 import pytest
-import torch
-import torch.distributed as dist
-import fairscale.nn.model_parallel.initialize as fs_init
-from llama_models.llama3 import model as meta_model
-from llama_models.llama3.args import ModelArgs as MetaArgs
 
 from helpers.model import forward
+from helpers.reference import meta_logits, meta_model
 
 from cases import random_case
 
 TOL = 1e-4
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def model_parallel():
-    """One process, one rank: what Meta's fairscale layers need to exist."""
-    started = not dist.is_initialized()
-    if started:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-    if not fs_init.model_parallel_is_initialized():
-        fs_init.initialize_model_parallel(1)
-    yield
-    fs_init.destroy_model_parallel()
-    if started:
-        dist.destroy_process_group()
-
-
 def reference_logits(weights, args, tokens):
-    """Meta's Transformer, fp32 on CPU, holding our weights: forward(tokens, start_pos=0) -> [T, vocab]."""
-    if args.use_scaled_rope:  # Meta's apply_scaling hard-codes these
-        assert (args.rope_scaling_factor, args.rope_low_freq_factor, args.rope_high_freq_factor,
-                args.rope_original_context) == (8, 1, 4, 8192)
-    margs = MetaArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads,
-                     vocab_size=args.vocab_size, multiple_of=args.multiple_of,
-                     ffn_dim_multiplier=args.ffn_dim_multiplier, norm_eps=args.norm_eps,
-                     rope_theta=args.rope_theta, use_scaled_rope=args.use_scaled_rope,
-                     max_batch_size=1, max_seq_len=len(tokens))  # sizes its kv cache and rope table
-    model = meta_model.Transformer(margs).eval()
-    model.load_state_dict({k: v.float().cpu() for k, v in weights.items()}, strict=True)
-    return model(torch.tensor([tokens]), start_pos=0)[0]  # [T, vocab]
+    """Meta's Transformer holding our weights: forward(tokens, start_pos=0) -> [T, vocab]."""
+    return meta_logits(meta_model(weights, args, max_seq_len=len(tokens)), tokens)
 
 
 def max_diff(a, b):
@@ -75,3 +38,10 @@ def test_scaled_rope_case_is_not_vacuous(tmp_path):
     weights, args, tokens = random_case(tmp_path, "scaled_rope")
     plain = dataclasses.replace(args, use_scaled_rope=False)
     assert max_diff(forward(weights, plain, tokens), reference_logits(weights, args, tokens)) > 100 * TOL
+
+
+def test_other_rope_scaling_is_refused(tmp_path):
+    """Meta's apply_scaling hard-codes llama 3.1's constants: another factor would be a silent wrong check."""
+    weights, args, _ = random_case(tmp_path, "scaled_rope")
+    with pytest.raises(ValueError, match=r"\(16.*Meta's reference hard-codes llama 3.1's \(8, 1, 4, 8192\)"):
+        meta_model(weights, dataclasses.replace(args, rope_scaling_factor=16))
