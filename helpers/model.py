@@ -3,17 +3,37 @@
 Weights stay as loaded (bf16, mmap'd); each matrix is upcast to fp32 only while it is used.
 """
 import math
+import operator
 import os
+from collections.abc import Sequence
 
 import torch
 
 from helpers.sampling import check_sampling, sample_next
 
 
-def pick_device():
-    """cuda > mps > cpu, unless LLAMA3_DEVICE says otherwise. Chosen once, at import."""
-    if os.environ.get("LLAMA3_DEVICE"):
-        return torch.device(os.environ["LLAMA3_DEVICE"])
+def available_devices():
+    """What this machine offers, for error messages: e.g. ['cpu', 'cuda:0']."""
+    out = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return out + ["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else out
+
+
+def pick_device(value=None):
+    """cuda > mps > cpu, unless value (default: the LLAMA3_DEVICE variable) names one. Chosen once, at import."""
+    value = os.environ.get("LLAMA3_DEVICE", "") if value is None else value
+    if value:
+        why = "is not a device name"
+        try:
+            dev = torch.device(str(value).strip().lower())
+            ok = dev.type == "cpu" or (dev.type == "cuda" and (dev.index or 0) < torch.cuda.device_count()) \
+                or (dev.type == "mps" and "mps" in available_devices())
+            why = "is not available on this machine"
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"LLAMA3_DEVICE={value!r} {why}: use cpu, cuda, cuda:N or mps (available here: "
+                             f"{', '.join(available_devices())}), or unset it to pick the best automatically")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
@@ -164,23 +184,101 @@ def embed(weights, tokens):
     return weights["tok_embeddings.weight"][ids].to(device=DEVICE, dtype=torch.float32)
 
 
+def as_index(x):
+    """x as a Python int if it is an integer (int, numpy or 0-d torch integer), else None; bools are not ids."""
+    if isinstance(x, bool) or (torch.is_tensor(x) and x.dtype == torch.bool):
+        return None
+    try:
+        return operator.index(x)
+    except TypeError:
+        return None
+
+
 def check_tokens(args, tokens):
-    """ids (list or tensor) -> list of ints, each a row of the embedding table."""
-    tokens = list(map(int, tokens.tolist() if torch.is_tensor(tokens) else tokens))
+    """ids (a flat list, 1-D tensor or array of ints) -> list of ints, each a row of the embedding table."""
+    ndim = getattr(tokens, "ndim", 1)                                       # tensors and numpy arrays have one
+    if isinstance(tokens, (str, bytes)) or ndim == 0 or not (isinstance(tokens, Sequence) or hasattr(tokens, "tolist")):
+        raise ValueError(f"token ids (the prompt) must be a list of integers (one id: [id]), got "
+                         f"{type(tokens).__name__} {tokens!r:.60}; to run text, tokenizer.encode(text) first")
+    shape = list(getattr(tokens, "shape", [len(tokens)]))
+    tokens = tokens.tolist() if hasattr(tokens, "tolist") else list(tokens)
+    if ndim != 1 or (tokens and isinstance(tokens[0], (list, tuple))):      # [[1, 2, 3]]: the HF batch habit
+        shape = shape if ndim != 1 else [len(tokens), len(tokens[0])]
+        raise ValueError(f"token ids must be one flat sequence, got a batch of shape {shape}: forward runs one "
+                         "sequence at a time; pass a flat list of ids, e.g. ids[0]")
     if not tokens:
-        raise ValueError("no tokens: give a non-empty prompt")
-    if max(tokens) >= args.vocab_size or min(tokens) < 0:
-        bad = max(tokens) if max(tokens) >= args.vocab_size else min(tokens)
+        raise ValueError("no tokens (an empty prompt?): give at least one token id")
+    ids = [as_index(t) for t in tokens]
+    if None in ids:
+        n = ids.index(None)
+        raise ValueError(f"token ids must be integers, got {type(tokens[n]).__name__} {tokens[n]!r:.40} at "
+                         f"position {n}; to run text, tokenizer.encode(text) first")
+    if max(ids) >= args.vocab_size or min(ids) < 0:
+        bad = max(ids) if max(ids) >= args.vocab_size else min(ids)
         raise ValueError(f"token id {bad} is outside the vocabulary (vocab_size={args.vocab_size}); "
                          "was it made by another tokenizer?")
-    return tokens
+    return ids
 
 
-def forward(weights, args, tokens, cache=None, start_pos=0, last_only=False, record=None, progress=False):
+def forward_order(args):
+    """Weight names in the order forward() uses them."""
+    names = ["tok_embeddings.weight"]
+    for i in range(args.n_layers):
+        a, f = f"layers.{i}.attention.", f"layers.{i}.feed_forward."
+        names += [f"layers.{i}.attention_norm.weight", a + "wq.weight", a + "wk.weight", a + "wv.weight",
+                  a + "wo.weight", f"layers.{i}.ffn_norm.weight", f + "w1.weight", f + "w3.weight", f + "w2.weight"]
+    return names + ["norm.weight", "output.weight"]
+
+
+def count_nonfinite(t):
+    """NaN/inf count of t, a block at a time: no full-size copy of an 8B matrix."""
+    flat = t.reshape(-1)
+    return sum(int((~torch.isfinite(flat[a:a + CHUNK])).sum()) for a in range(0, flat.numel(), CHUNK))
+
+
+def nonfinite_cause(weights, args, tokens):
+    """Why the logits hold NaN/inf: the first weight (in forward order) that does, else bad params, else overflow."""
+    rows = weights["tok_embeddings.weight"][torch.as_tensor(tokens)]
+    for n, row in zip(tokens, rows):
+        if count_nonfinite(row):
+            return f"tok_embeddings.weight row {n} (the embedding of token {n}) holds NaN/inf"
+    for name in forward_order(args)[1:]:
+        if name in weights and (bad := count_nonfinite(weights[name])):
+            return f"weight {name} holds {bad} NaN/inf value(s) of {weights[name].numel()}"
+    bad = [f"{k}={getattr(args, k)!r}" for k in ("rope_theta", "norm_eps")
+           if not (math.isfinite(getattr(args, k)) and getattr(args, k) > 0)]
+    if bad:
+        return f"the weights are finite but {' and '.join(bad)} must be a positive finite number (fix params.json)"
+    if not torch.isfinite(rope_frequencies(args)).all():
+        return (f"the RoPE frequencies are not finite: check rope_scaling_factor={args.rope_scaling_factor!r}, "
+                f"rope_low_freq_factor={args.rope_low_freq_factor!r}, "
+                f"rope_high_freq_factor={args.rope_high_freq_factor!r}")
+    return ("the weights and params are finite, so the activations overflowed fp32 inside the model: "
+            "are the weights scaled wrongly (e.g. saved from a diverged training run)?")
+
+
+RECORD_LIMIT = 1 << 30  # bytes forward(record=...) may keep: attention is n_layers * n_heads * T^2 per tensor
+
+
+def record_bytes(args, T, S=None):
+    """bytes a record dict keeps for T queries over S keys: fp32 scores and probs [n_heads, T, S] per layer,
+    plus the residual [T, dim] per layer."""
+    S = T if S is None else S
+    return 4 * args.n_layers * (2 * args.n_heads * T * S + T * args.dim)
+
+
+def nbytes(n):
+    """A byte count for messages: MiB below 0.25 GiB, else GiB."""
+    return f"{n / 2**20:.1f} MiB" if n < 1 << 28 else f"{n / 2**30:.2f} GiB"
+
+
+def forward(weights, args, tokens, cache=None, start_pos=0, last_only=False, record=None, progress=False,
+            record_max_bytes=RECORD_LIMIT):
     """Token ids -> fp32 logits [len(tokens), vocab_size] (or [1, vocab_size] with last_only).
 
     cache/start_pos: continue from a KVCache holding positions < start_pos.
-    record: a dict that receives per-layer 'attn', 'scores' and the residual stream 'resid'.
+    record: a dict that receives per-layer 'attn', 'scores' and the residual stream 'resid'
+    (refused up front when that would exceed record_max_bytes).
     """
     tokens = check_tokens(args, tokens)
     end = start_pos + len(tokens)
@@ -188,6 +286,11 @@ def forward(weights, args, tokens, cache=None, start_pos=0, last_only=False, rec
     if end > limit:
         raise ValueError(f"{end} positions exceed the limit of {limit} (max_seq_len / cache size); "
                          "shorten the prompt")
+    if record is not None and (need := record_bytes(args, len(tokens), end)) > record_max_bytes:
+        raise ValueError(f"record= would keep {nbytes(need)} of attention for {len(tokens)} tokens "
+                         f"({args.n_layers} layers x {args.n_heads} heads x T^2 scores and probs), over "
+                         f"record_max_bytes={nbytes(record_max_bytes)}: use a shorter prompt, "
+                         "record fewer layers (helpers.viz.Trace), or raise record_max_bytes")
     h = embed(weights, tokens)                                              # [T, dim]
     rot = rope_rotations(args, torch.arange(start_pos, end))
     layers = range(args.n_layers)
@@ -200,7 +303,11 @@ def forward(weights, args, tokens, cache=None, start_pos=0, last_only=False, rec
             record.setdefault("resid", []).append(h)
     h = h[-1:] if last_only else h
     h = rms_norm(h, fp32(weights, "norm.weight"), args.norm_eps)
-    return linear(h, weights, "output.weight")                              # [T, vocab_size]
+    logits = linear(h, weights, "output.weight")                            # [T, vocab_size]
+    lo, hi = torch.aminmax(logits)                                          # NaN/inf show in min or max: one
+    if not (lo.isfinite() & hi.isfinite()):                                 # cheap check; the search only on failure
+        raise ValueError(f"the logits hold NaN/inf: {nonfinite_cause(weights, args, tokens)}")
+    return logits
 
 
 FP32_COPY_LIMIT = 2 << 30  # bytes: fine for small models; the real 8B would need 32 GB
@@ -237,11 +344,13 @@ def generate(weights, args, tokenizer, prompt, max_new_tokens, temperature=0.0, 
     fp32_copy: "auto" upcasts the weights once when that copy fits in FP32_AUTO_LIMIT (small models: same
     numbers, no per-token upcasting); True/False force it on/off. The 8B always upcasts per use.
     """
-    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
-    if (isinstance(prompt, str) and not prompt) or not ids:
+    if isinstance(prompt, str) and not prompt:
         raise ValueError("empty prompt: give some text (or token ids) to continue")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else check_tokens(args, prompt)
+    n = as_index(max_new_tokens)
+    if n is None or n <= 0:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
+    max_new_tokens = n
     check_sampling(temperature, top_k, top_p)
     total = len(ids) + max_new_tokens
     if total > args.max_seq_len:

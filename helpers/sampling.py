@@ -1,14 +1,19 @@
 """Pick the next token from logits: greedy, temperature, top-k, top-p (nucleus)."""
+import numbers
+
+import numpy as np
 import torch
 
 
 def check_sampling(temperature=0.0, top_k=None, top_p=None):
-    """ValueError naming the bad option; `not x >= 0` also catches NaN."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+    """ValueError naming the bad option; `not x >= 0` also catches NaN. numpy numbers are fine, bools are not."""
+    def real(x):
+        return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+    if not real(temperature) or not temperature >= 0:
         raise ValueError(f"temperature={temperature!r} must be a number >= 0 (0 means greedy)")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if top_k is not None and (not real(top_k) or not isinstance(top_k, numbers.Integral) or top_k < 1):
         raise ValueError(f"top_k={top_k!r} must be an integer >= 1 (or None for no limit)")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+    if top_p is not None and (not real(top_p) or not 0 < top_p <= 1):
         raise ValueError(f"top_p={top_p!r} must be in (0, 1] (or None for no limit)")
 
 

@@ -1,7 +1,9 @@
 """The Llama 3 tokenizer: tiktoken BPE with 128,000 ranks and 256 special tokens."""
 import base64
 import importlib.resources
+import operator
 import os
+import re
 from pathlib import Path
 
 import tiktoken
@@ -12,7 +14,9 @@ PAT_STR = (
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 NUM_SPECIAL = 256
+N_RANKS = 128_000           # BPE pieces in the Llama 3 tokenizer.model; the specials follow them
 MAX_ENCODE_CHARS = 400_000  # tiktoken panics on much longer inputs
+MAX_RUN_CHARS = 25_000      # longer runs of (non-)whitespace are cut first: tiktoken is slow on them (as Meta does)
 
 
 def special_token_names(llama31=False):
@@ -44,21 +48,51 @@ def default_tokenizer_path():
 
 
 def load_ranks(path):
-    """tokenizer.model: one 'base64(bytes) rank' pair per line -> {bytes: rank}."""
+    """tokenizer.model: one 'base64(bytes) rank' pair per line -> {bytes: rank}, ranks exactly 0..127999."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file not found: {path}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file: this looks like a sentencepiece model (Llama 2); Llama 3 "
+                         "uses a tiktoken tokenizer.model (one 'base64 rank' per line)") from None
     ranks = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             piece, rank = line.split()
-            ranks[base64.b64decode(piece, validate=True)] = int(rank)
+            piece, rank = base64.b64decode(piece, validate=True), int(rank)
         except ValueError:
             raise ValueError(f"{path}:{n}: expected 'base64 rank', got {line[:60]!r}; "
                              "is this a tiktoken tokenizer.model (Llama 3), not sentencepiece (Llama 2)?") from None
+        if piece in ranks:
+            raise ValueError(f"{path}:{n}: piece {piece!r} appears twice (ranks {ranks[piece]} and {rank}); "
+                             "the file is damaged: download it again")
+        ranks[piece] = rank
+    if not ranks:
+        raise ValueError(f"{path} is empty: a Llama 3 tokenizer.model has {N_RANKS:,} 'base64 rank' lines; "
+                         "download it again or use the bundled one")
+    if len(ranks) != N_RANKS:
+        raise ValueError(f"{path} holds {len(ranks):,} ranks; the Llama 3 tokenizer has exactly {N_RANKS:,} "
+                         "(a truncated or foreign file?): download it again or use the bundled one")
+    values = sorted(ranks.values())
+    if values != list(range(N_RANKS)):
+        i = next(i for i, r in enumerate(values) if r != i)
+        why = f"rank {i} is missing" if values[i] > i else f"rank {values[i]} is repeated or negative"
+        raise ValueError(f"{path}: ranks must be 0..{N_RANKS - 1}, each once, but {why}; "
+                         "the file is damaged: download it again")
     return ranks
+
+
+def split_runs(text, max_run=MAX_RUN_CHARS):
+    """Meta's _split_whitespaces_or_nonwhitespaces: cut every run of more than max_run whitespace (or
+    non-whitespace) chars after each max_run chars, so encode() gives Meta's ids on such text."""
+    long = re.compile(rf"(?<!\s)\s{{{max_run + 1},}}|(?<!\S)\S{{{max_run + 1},}}")  # whole runs only (O(n))
+    cuts = [m.start() + k for m in long.finditer(text) for k in range(max_run, m.end() - m.start(), max_run)]
+    ends = [0, *cuts, len(text)]
+    return [text[a:b] for a, b in zip(ends, ends[1:])]
 
 
 class Tokenizer:
@@ -87,7 +121,8 @@ class Tokenizer:
             raise TypeError(f"encode() takes a str, got {type(text).__name__}")
         ids = [self.bos_id] if bos else []
         for i in range(0, len(text), MAX_ENCODE_CHARS):
-            ids += self.model.encode(text[i:i + MAX_ENCODE_CHARS], disallowed_special=())
+            for part in split_runs(text[i:i + MAX_ENCODE_CHARS]):
+                ids += self.model.encode(part, disallowed_special=())
         if eos:
             ids.append(self.eos_id)
         return ids
@@ -98,11 +133,24 @@ class Tokenizer:
             raise KeyError(f"{name!r} is not a special token of {self.path}")
         return self.special_tokens[name]
 
+    def check_id(self, i):
+        """i as an int in 0..n_words-1, else a ValueError naming it."""
+        try:
+            n = None if isinstance(i, bool) else operator.index(i)   # ints, numpy ints, 0-d integer tensors
+        except TypeError:
+            n = None
+        if n is None or not 0 <= n < self.n_words:
+            raise ValueError(f"token id {i!r:.40} is not in this tokenizer's vocabulary (integers "
+                             f"0..{self.n_words - 1}); was it made by another tokenizer or model?")
+        return n
+
     def decode(self, ids):
-        return self.model.decode([int(i) for i in ids])
+        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+            raise ValueError(f"decode() takes a list of token ids, got {type(ids).__name__} {ids!r:.60}")
+        return self.model.decode([self.check_id(i) for i in ids])
 
     def piece_bytes(self, i):
-        return self.model.decode_single_token_bytes(int(i))
+        return self.model.decode_single_token_bytes(self.check_id(i))
 
     def piece(self, i):
         """One token as text; bytes that are not valid UTF-8 on their own show as \\xNN."""

@@ -18,7 +18,8 @@ from matplotlib.collections import PatchCollection
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.patches import Rectangle
 
-from helpers.model import DEVICE, apply_rope, check_tokens, embed, forward, fp32, linear, rms_norm, rope_frequencies, rope_rotations
+from helpers.model import (DEVICE, RECORD_LIMIT, apply_rope, check_tokens, embed, forward, fp32, linear, nbytes,
+                           record_bytes, rms_norm, rope_frequencies, rope_rotations)
 from helpers.model import layer as model_layer  # Trace.layer(i) below is a method; this is the block itself
 
 MAX_TICKS = 48           # more tokens than this: label every k-th one
@@ -55,20 +56,33 @@ def layer_labels(n_rows):
 
 # ---------------------------------------------------------------- collect attention and residuals
 
+def collect_bytes(args, T):
+    """Peak bytes of collect() on T tokens: the record, half of it again while stacking, logits twice."""
+    return int(1.5 * record_bytes(args, T)) + 2 * 4 * T * args.vocab_size
+
+
+def too_big(what, need, max_bytes, fix="look at fewer layers (Trace(...).layer(i))"):
+    return ValueError(f"{what} needs about {nbytes(need)}, over max_bytes={nbytes(max_bytes)}: use a shorter "
+                      f"prompt, {fix}, or raise max_bytes")
+
+
 @torch.inference_mode()
-def collect(weights, args, tokens, progress=False):
-    """One forward pass with record=..., stacked on the CPU.
+def collect(weights, args, tokens, progress=False, max_bytes=RECORD_LIMIT):
+    """One forward pass with record=..., stacked on the CPU; refused up front above max_bytes (collect_bytes).
 
     Returns dict: scores, attn [n_layers, n_heads, T, T] (before mask / after softmax),
     resid [n_layers+1, T, dim] (resid[0] = embeddings, resid[i+1] = output of layer i), logits [T, vocab].
     """
     tokens = check_tokens(args, tokens)
+    if (need := collect_bytes(args, len(tokens))) > max_bytes:
+        raise too_big(f"collect on {len(tokens)} tokens (attention {args.n_layers} layers x {args.n_heads} heads x "
+                      f"T^2, logits T x {args.vocab_size})", need, max_bytes)
     record = {}
-    logits = forward(weights, args, tokens, record=record, progress=progress)
-    resid = [embed(weights, tokens)] + record["resid"]
-    return {"scores": torch.stack(record["scores"]).cpu(),   # [L, H, T, T]
-            "attn": torch.stack(record["attn"]).cpu(),       # [L, H, T, T]
-            "resid": torch.stack(resid).cpu(),               # [L+1, T, dim]
+    logits = forward(weights, args, tokens, record=record, progress=progress, record_max_bytes=max_bytes)
+    resid = [embed(weights, tokens)] + record.pop("resid")
+    return {"scores": torch.stack(record.pop("scores")).cpu(),   # [L, H, T, T]; pop: one list freed at a time
+            "attn": torch.stack(record.pop("attn")).cpu(),       # [L, H, T, T]
+            "resid": torch.stack(resid).cpu(),                   # [L+1, T, dim]
             "logits": logits.cpu()}
 
 
@@ -77,11 +91,12 @@ class Trace:
 
     For 8B-size models, where looking at layer 3 should not cost all 32 layers. Residuals of every layer
     run so far are kept (tiny: [T, dim] each); attention is recorded only for the layers asked for.
-    Uses helpers.model.layer, the same block that forward() runs.
+    Uses helpers.model.layer, the same block that forward() runs. The attention kept (all recorded layers
+    together) is capped at max_bytes.
     """
 
-    def __init__(self, weights, args, tokens):
-        self.weights, self.args = weights, args
+    def __init__(self, weights, args, tokens, max_bytes=RECORD_LIMIT):
+        self.weights, self.args, self.max_bytes = weights, args, max_bytes
         self.tokens = check_tokens(args, tokens)
         if len(self.tokens) > args.max_seq_len:
             raise ValueError(f"{len(self.tokens)} tokens exceed max_seq_len={args.max_seq_len}; shorten the prompt")
@@ -117,6 +132,12 @@ class Trace:
         """dict(scores, attn [n_heads, T, T], resid_in, resid_out [T, dim]) of layer i."""
         self._check_layer(i)
         if i not in self.records:
+            T = len(self.tokens)
+            need = (len(self.records) + 1) * 2 * 4 * self.args.n_heads * T * T   # scores + attn of each layer kept
+            if need > self.max_bytes:
+                raise too_big(f"keeping attention of {len(self.records) + 1} layer(s) on {T} tokens "
+                              f"({self.args.n_heads} heads x T^2 each)", need, self.max_bytes,
+                              "a new Trace for other layers")
             if i > 0:
                 self.run_to(i - 1, progress)
             rec = {}
