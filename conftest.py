@@ -1,6 +1,8 @@
 """Root conftest: loaded for every pytest run, whatever paths it is given (tests/, notebooks/, one notebook)."""
 import os
 
+import pytest
+
 # nbval compares stored outputs made on the bundled default model, and the notebook kernels it starts
 # inherit this process's environment: a LLAMA3_DIR exported for the 8B must not reach them. Tests that
 # want another checkpoint set it themselves (tests/test_notebooks_any_checkpoint.py).
@@ -12,3 +14,17 @@ def pytest_report_header(config):
         return (f"LLAMA3_DIR={USER_LLAMA3_DIR} is ignored here: stored notebook outputs are checked on the "
                 "bundled default model (assets/llama3-tiny)")
     return "stored notebook outputs are checked on the bundled default model (assets/llama3-tiny)"
+
+
+# Tests that execute whole notebooks or start benchmark subprocesses: minutes each. `pytest -m "not slow"`
+# skips them (and every nbval notebook item) for a quick loop; plain `pytest` still runs everything.
+SLOW = ("tests/test_notebooks_any_checkpoint.py::test_notebook_runs_on_another_checkpoint",
+        "tests/test_portability.py::",
+        "tests/test_scale.py::test_scale_harness_small",
+        "tests/test_exercises.py::test_student_version_runs_and_every_graded_test_fails")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.suffix == ".ipynb" or item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)

@@ -22,81 +22,19 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from helpers.measure import (MemoryCgroup, PeakRss, cached_bytes, drop_cache, my_cgroup, parse_size,  # noqa: E402
+                             proc_status, timed, warm_cache)
+
 GiB = 2 ** 30
 
 
-# ---- measuring ----------------------------------------------------------------------------------------
-
-def proc_status():
-    """/proc/self/status memory lines in bytes."""
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if v.strip().endswith("kB"):
-                out[k] = int(v.split()[0]) * 1024
-    return out
-
-
-class PeakRss:
-    """Thread that samples RssAnon/RssFile; optional progress file gets the running peak (survives a kill)."""
-
-    def __init__(self, every=0.005, progress=None):
-        self.every, self.progress, self.stage = every, progress, "start"
-        self.peak_anon = self.peak_file = 0
-        self._stop = threading.Event()
-
-    def sample(self):
-        s = proc_status()
-        self.peak_anon = max(self.peak_anon, s.get("RssAnon", 0))
-        self.peak_file = max(self.peak_file, s.get("RssFile", 0))
-
-    def run(self):
-        n = 0
-        while not self._stop.is_set():
-            self.sample()
-            n += 1
-            if self.progress and n % 20 == 0:
-                with open(self.progress, "a") as f:
-                    f.write(json.dumps({"stage": self.stage, "peak_anon": self.peak_anon,
-                                        "anon": proc_status().get("RssAnon", 0)}) + "\n")
-            self._stop.wait(self.every)
-
-    def __enter__(self):
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self.thread.join()
-        self.sample()
-
-    def report(self):
-        return {"peak_rss_anon": self.peak_anon, "peak_rss_file": self.peak_file,
-                "vm_hwm": proc_status()["VmHWM"]}
-
-
-def my_cgroup():
-    """The memory cgroup line of /proc/self/cgroup (v1), else the v2 one."""
-    lines = open("/proc/self/cgroup").read().splitlines()
-    return next((s for s in lines if "memory" in s.split(":")[1].split(",")), lines[-1] if lines else None)
-
-
 # ---- the parts (each runs in a child process) ---------------------------------------------------------
-
-def timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return out, round(time.perf_counter() - t, 3)
-
 
 def bandwidth(weights, reps=3):
     """Lower bounds for one pass over the weights, in the blocks of rows helpers.model.linear uses:
@@ -131,28 +69,13 @@ def bandwidth(weights, reps=3):
     return out
 
 
-def old_linear(x, weights, name):
-    """helpers.model.linear before issue 9: a fresh fp32 copy of each matrix (16384-row blocks above that)."""
-    import torch
-    from helpers.model import DEVICE, fp32
-    w = weights[name]
-    if w.shape[0] <= 16384:
-        return x @ fp32(weights, name).T
-    return torch.cat([x @ w[r:r + 16384].to(device=DEVICE, dtype=torch.float32).T
-                      for r in range(0, w.shape[0], 16384)], dim=-1)
-
-
 def part_ours(a, peak):
     import torch
-    import helpers.model
     from helpers import facts
     from helpers.checkpoint import load_checkpoint
     from helpers.model import forward, generate
     from helpers.tokenizer import load_tokenizer
     res = {}
-    if a.old_linear:
-        helpers.model.linear = old_linear                     # attention/feed_forward look it up per call
-        res["linear"] = "old"
     peak.stage = "load"
     (weights, args), res["load_s"] = timed(lambda: load_checkpoint(a.model_dir))
     tok = load_tokenizer(a.model_dir)
@@ -264,96 +187,6 @@ def child(a):
 
 # ---- the parent: cgroups, cold cache, subprocesses ----------------------------------------------------
 
-def parse_size(s):
-    units = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30}
-    s = s.strip().upper().rstrip("B").rstrip("I")
-    return int(float(s[:-1]) * units[s[-1]]) if s[-1] in units else int(s)
-
-
-class MemoryCgroup:
-    """A fresh memory cgroup below the one we run in, with a hard limit: v1 memory.limit_in_bytes or
-    v2 memory.max. Children join it before exec; it is removed when they are done."""
-
-    def __init__(self, limit, name):
-        self.limit, self.v1 = limit, None
-        for line in open("/proc/self/cgroup"):
-            hid, ctrls, path = line.rstrip("\n").split(":", 2)
-            if "memory" in ctrls.split(","):
-                self.v1, base = True, Path("/sys/fs/cgroup/memory") / path.lstrip("/")
-                break
-            if hid == "0" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
-                self.v1, base = False, Path("/sys/fs/cgroup") / path.lstrip("/")
-        if self.v1 is None:
-            raise SystemExit("no memory cgroup found (neither v1 'memory' nor v2 with controllers); "
-                             "run without --cap or under `systemd-run --scope -p MemoryMax=8G`")
-        self.dir = base / name
-        try:
-            self.dir.mkdir()
-            self.write("memory.limit_in_bytes" if self.v1 else "memory.max", str(limit))
-        except OSError as e:
-            raise SystemExit(f"cannot make a memory cgroup at {self.dir} ({e}); needs root (v1) or a delegated "
-                             "v2 subtree. Instead run the whole benchmark capped, without --cap: "
-                             "`systemd-run --scope -p MemoryMax=8G python -m bench.scale ...`") from None
-        got = int(self.read("memory.limit_in_bytes" if self.v1 else "memory.max"))
-        if got > limit:
-            raise SystemExit(f"{self.dir}: limit reads back as {got}, not {limit}: the cap would not apply")
-
-    def read(self, name):
-        return (self.dir / name).read_text().strip()
-
-    def write(self, name, value):
-        (self.dir / name).write_text(value)
-
-    def join(self):                      # runs in the child between fork and exec
-        (self.dir / "cgroup.procs").write_text(str(os.getpid()))
-
-    def stats(self):
-        if self.v1:
-            oom = dict(line.split() for line in self.read("memory.oom_control").splitlines())
-            return {"cgroup_limit": int(self.read("memory.limit_in_bytes")),
-                    "cgroup_max_usage": int(self.read("memory.max_usage_in_bytes")),
-                    "cgroup_failcnt": int(self.read("memory.failcnt")),
-                    "cgroup_oom_kills": int(oom.get("oom_kill", -1))}
-        ev = dict(line.split() for line in self.read("memory.events").splitlines())
-        peak = self.dir / "memory.peak"
-        return {"cgroup_limit": int(self.read("memory.max")), "cgroup_oom_kills": int(ev.get("oom_kill", -1)),
-                "cgroup_max_usage": int(peak.read_text()) if peak.exists() else None}
-
-    def remove(self):
-        for _ in range(50):
-            try:
-                self.dir.rmdir()
-                return
-            except OSError:
-                time.sleep(0.1)
-        print(f"warning: could not remove {self.dir}; `rmdir` it once its processes are gone", file=sys.stderr)
-
-
-def drop_cache(path):
-    """Evict this file's pages from the page cache so a run starts cold (affects nothing else)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def warm_cache(path):
-    with open(path, "rb") as f:
-        while f.read(1 << 26):
-            pass
-
-
-def cached_bytes(path):
-    """Bytes of path in the page cache (util-linux fincore), or None."""
-    try:
-        out = subprocess.run(["fincore", "-b", "-n", "-o", "RES", str(path)], capture_output=True, text=True)
-        return int(out.stdout.split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def run_part(part, a, tmp, cap):
     result, progress = tmp / f"{part}.json", tmp / f"{part}.progress"
     for p in (result, progress, result.with_suffix(".logits.pt")):
@@ -366,7 +199,7 @@ def run_part(part, a, tmp, cap):
     cmd = [sys.executable, "-m", "bench.scale", "--child", part, "--model-dir", a.model_dir,
            "--result", str(result), "--progress", str(progress), "--decode", str(a.decode),
            "--repeat", str(a.repeat), "--probe-gib", str(a.probe_gib)] + \
-        [f for f, on in (("--bandwidth", a.bandwidth), ("--old-linear", a.old_linear)) if on]
+        (["--bandwidth"] if a.bandwidth else [])
     cached = cached_bytes(ckpt)
     cg = MemoryCgroup(cap, f"llama3-scale-{os.getpid()}-{part}") if cap else None
     print(f"== {part}: {' '.join(cmd[1:])}" + (f"  [cgroup {cg.dir}, limit {cap / GiB:g} GiB]" if cg else ""),
@@ -410,7 +243,6 @@ def main(argv=None):
     p.add_argument("--decode", type=int, default=4, help="greedy tokens to time after the forward")
     p.add_argument("--repeat", type=int, default=2, help="forward passes to time")
     p.add_argument("--bandwidth", action="store_true", help="also time bf16->fp32 / copy passes (ours)")
-    p.add_argument("--old-linear", action="store_true", help="ours with the pre-issue-9 linear, for comparison")
     p.add_argument("--probe-gib", type=float, default=10.0)
     p.add_argument("--json", default=None, help="write all results here")
     p.add_argument("--tmp", default="/tmp/llama3-scale")

@@ -28,6 +28,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import facts  # noqa: E402
 from helpers.checkpoint import ModelArgs, atomic_write, expected_shapes, load_checkpoint, write_json  # noqa: E402
+from helpers.measure import PeakRss  # noqa: E402
 from helpers.tokenizer import default_tokenizer_path  # noqa: E402
 
 # params.json of Meta's downloads (llama-models sku_list arch_args); 3.2 1B/3B tie output to the embedding
@@ -184,7 +185,6 @@ def main(argv=None):
     free = os.statvfs(Path(a.out).resolve().parent if not Path(a.out).exists() else a.out)
     if free.f_bavail * free.f_frsize < need * 1.05:
         p.error(f"{a.out}: {need / 2**30:.1f} GiB needed, only {free.f_bavail * free.f_frsize / 2**30:.1f} free")
-    from bench.scale import PeakRss
     t0 = time.perf_counter()
     with PeakRss() as peak:
         write_synthetic(a.out, args, a.seed, tied)

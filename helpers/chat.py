@@ -7,7 +7,7 @@
 
 Same ids as llama_models.llama3.chat_format.ChatFormat.encode_dialog_prompt for text-only messages.
 """
-from helpers.model import generate
+from helpers.generate import generate
 
 ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "ipython", "ipython": "ipython"}
 

@@ -1,9 +1,2 @@
-"""The demo prompt the notebooks follow: Shakespeare for our model, the famous one for the real 8B."""
-from helpers import facts
-from helpers.checkpoint import is_llama3_8b
-
-SHAKESPEARE_PROMPT = "JULIET.\nO Romeo, Romeo! wherefore art"  # the default model answers " thou"
-
-
-def demo_prompt(args, weights=None):
-    return facts.PROMPT if is_llama3_8b(args, weights) else SHAKESPEARE_PROMPT
+"""The demo prompt the notebooks follow (kept here for `from helpers.demo import demo_prompt`; see facts)."""
+from helpers.facts import SHAKESPEARE_PROMPT, demo_prompt  # noqa: F401  (re-exported)

@@ -1,7 +1,11 @@
 """Published facts about Meta-Llama-3-8B (printed by public walkthroughs run on the real checkpoint).
 
-Oracle cells assert these only when the loaded checkpoint is the real 8B (helpers.checkpoint.is_llama3_8b).
+Oracle cells assert these only when the loaded checkpoint is the real 8B (is_llama3_8b, below); demo_prompt
+picks the prompt the notebooks follow.
 """
+from helpers.params import ModelArgs
+from helpers.state_dict import is_tied
+
 PARAMS = {"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
           "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0}
 N_TENSORS = 291
@@ -25,3 +29,19 @@ TOP10 = ["42", "6", "43", "41", "4", "1", "45", "3", "2", "46"]
 GREEDY_PROMPT = "Every effort"
 GREEDY_25 = (" has been made to trace copyright holders and to obtain their permission for the use of"
              " copyright material. The publisher apologizes for any")
+
+SHAKESPEARE_PROMPT = "JULIET.\nO Romeo, Romeo! wherefore art"  # the default model answers " thou"
+SHAPE = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "rope_theta", "use_scaled_rope")
+
+
+def is_llama3_8b(args, weights=None):
+    """True for Meta-Llama-3-8B's shapes (PARAMS; the published-facts oracle cells use this)."""
+    want = ModelArgs.from_params(PARAMS)
+    ok = all(getattr(args, k) == getattr(want, k) for k in SHAPE)
+    ok = ok and not args.extra.get("synthetic")  # our random 8B-shaped checkpoints say so
+    return ok and (weights is None or not is_tied(weights))
+
+
+def demo_prompt(args, weights=None):
+    """The demo prompt the notebooks follow: Shakespeare for our model, the famous one for the real 8B."""
+    return PROMPT if is_llama3_8b(args, weights) else SHAKESPEARE_PROMPT

@@ -5,18 +5,20 @@ config.json in place of params.json. One real difference: HF's attention rotates
 head (rotate_half) where Meta rotates consecutive *pairs*, so Meta's converter reorders the rows of every
 wq and wk. We undo that on load (permute back) and redo it on save; everything else is a rename.
 """
-import json
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from helpers.checkpoint import (CheckpointError, ModelArgs, atomic_write, check_weights, expected_shapes, is_tied,
-                                write_json)
+from helpers.files import atomic_write, read_json, write_json  # noqa: F401  (read_json re-exported)
+from helpers.model_dir import HF_INDEX as INDEX
+from helpers.model_dir import hf_weight_files, original_dir  # noqa: F401  (original_dir re-exported)
+from helpers.params import CheckpointError, ModelArgs
+from helpers.state_dict import check_weights, expected_shapes, is_tied
+from helpers.tokenizer import bytes_to_unicode, check_tokenizer_json, count_tokens, tokenizer_file  # noqa: F401
 
 ARCH = "LlamaForCausalLM"
-INDEX = "model.safetensors.index.json"
 OUR_KEY = "llama3_by_hand_params"  # params.json as given, so our own files round-trip exactly
 
 LAYER_NAMES = {  # meta -> hf, inside layers.{i}
@@ -247,42 +249,7 @@ def write_hf_dir(out_dir, weights, args, shards=1):
     return out
 
 
-def read_json(path, what):
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read {what} ({e}); download it again") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object ({what})")
-    return data
-
-
-def weight_files(d):
-    """[safetensors files], weight_map or None: single file, or shards named by the index."""
-    if (d / INDEX).is_file():
-        weight_map = read_json(d / INDEX, "the shard index").get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{d / INDEX}: no weight_map; download the index again")
-        files = sorted(set(weight_map.values()))
-        missing = [f for f in files if not (d / f).is_file()]
-        if missing:
-            raise CheckpointError(f"{d / INDEX} names {len(missing)} shard(s) missing from {d}: {missing[:4]}; "
-                                  "the download is incomplete: fetch every model-*.safetensors again")
-        return [d / f for f in files], weight_map
-    if (d / "model.safetensors").is_file():
-        return [d / "model.safetensors"], None
-    if any(d.glob("model-*.safetensors")):
-        raise CheckpointError(f"{d} has sharded model-*.safetensors but no {INDEX}; download the index too")
-    if any(d.glob("pytorch_model*.bin")):
-        raise CheckpointError(f"{d} has only pytorch_model*.bin pickles; we load .safetensors only (a pickle "
-                              "can run code): download the repo's .safetensors files")
-    raise CheckpointError(f"{d} has config.json but no model.safetensors or {INDEX}; download the weights")
-
-
-def original_dir(d):
-    """An HF download's original/ folder, when it holds Meta's own params.json + consolidated.00.pth."""
-    o = Path(d) / "original"
-    return o if (o / "params.json").is_file() and any(o.glob("consolidated*.pth")) else None
+weight_files = hf_weight_files  # the old name
 
 
 def load_hf_dir(model_dir, check_tokenizer=True):
@@ -290,7 +257,7 @@ def load_hf_dir(model_dir, check_tokenizer=True):
     d = Path(model_dir)
     config = read_json(d / "config.json", "the model config")
     args_from_config(config, d / "config.json")  # architecture errors before touching the weights
-    files, weight_map = weight_files(d)
+    files, weight_map = hf_weight_files(d)
     hf, where = {}, {}
     for f in files:
         try:
@@ -305,70 +272,14 @@ def load_hf_dir(model_dir, check_tokenizer=True):
                               "shards are from different downloads: fetch them again")
     weights, args = hf_to_meta(hf, config, d / "config.json", where)
     check_weights(weights, args, d)
-    if check_tokenizer:
-        from helpers.tokenizer import NUM_SPECIAL
-        path, _ = hf_tokenizer(d)
-        with open(path, "rb") as f:
-            n_tok = sum(1 for line in f if line.strip()) + NUM_SPECIAL
-        if n_tok > args.vocab_size:
+    if check_tokenizer:  # load_checkpoint does this itself, for both formats
+        path, _ = tokenizer_file(d)
+        if (n_tok := count_tokens(path)) > args.vocab_size:
             raise CheckpointError(f"tokenizer {path} has {n_tok} tokens but {d / 'config.json'} has "
                                   f"vocab_size={args.vocab_size}; this is not a Llama 3 vocabulary")
     return weights, args
 
 
-# ---- tokenizer
-
-
-def bytes_to_unicode():
-    """GPT-2's byte -> char map: tokenizer.json spells every token's bytes with printable chars."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
-    moved = [b for b in range(256) if b not in keep]  # control chars, space, ...: shifted past 255
-    return {**{b: chr(b) for b in keep}, **{b: chr(256 + n) for n, b in enumerate(moved)}}
-
-
-def check_tokenizer_json(path, tokenizer_model):
-    """Does an HF tokenizer.json equal the tiktoken tokenizer.model? -> llama31 naming; CheckpointError if not."""
-    from helpers.tokenizer import load_ranks, special_token_names
-    data = read_json(path, "the tokenizer")
-    vocab = (data.get("model") or {}).get("vocab")
-
-    def fail(why):
-        raise CheckpointError(f"{path} does not match the Llama 3 tokenizer {tokenizer_model}: {why}. This "
-                              "model uses another tokenizer: put its tiktoken tokenizer.model in "
-                              f"{Path(path).parent / 'original'}/ (Llama 3 downloads ship one there)")
-    if not isinstance(vocab, dict):
-        fail("no BPE model.vocab")
-    ranks = load_ranks(tokenizer_model)
-    if len(vocab) != len(ranks):
-        fail(f"{len(vocab)} vocab entries, expected {len(ranks)}")
-    spell = bytes_to_unicode()
-    for b, rank in ranks.items():  # every entry: cheap, and a sample could miss a retrained merge
-        s = "".join(spell[c] for c in b)
-        if vocab.get(s) != rank:
-            fail(f"token {s!r} has id {vocab.get(s)}, Llama 3 has {rank}")
-    added = {t.get("id"): t.get("content") for t in data.get("added_tokens", [])}
-    got = [added.get(len(ranks) + i) for i in range(256)]
-    for llama31 in (False, True):
-        if got == special_token_names(llama31):
-            return llama31
-    want = special_token_names(got[10] == "<|python_tag|>")
-    i = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
-    fail(f"special token id {len(ranks) + i} is {got[i]!r}, Llama 3 has {want[i]!r}")
-
-
 def hf_tokenizer(model_dir):
-    """(tokenizer.model path, llama31 names) for an HF dir: its own tiktoken file, else the bundled one
-    once the dir's tokenizer.json (if any) is checked to be the same tokenizer."""
-    from helpers.tokenizer import default_tokenizer_path
-    d = Path(model_dir)
-    tj = d / "tokenizer.json"
-    own = [p for p in (d / "original" / "tokenizer.model", d / "tokenizer.model") if p.is_file()]
-    if own:
-        if tj.is_file():  # names only: the file itself is the tokenizer
-            names = {t.get("id"): t.get("content") for t in read_json(tj, "the tokenizer").get("added_tokens", [])}
-            return own[0], "<|eom_id|>" in names.values()
-        return own[0], rope_config(read_json(d / "config.json", "the model config"))[0] == "llama3"
-    path = default_tokenizer_path()
-    if tj.is_file():
-        return path, check_tokenizer_json(tj, path)
-    return path, rope_config(read_json(d / "config.json", "the model config"))[0] == "llama3"
+    """(tokenizer.model path, llama31 names) for an HF dir (helpers.tokenizer.tokenizer_file)."""
+    return tokenizer_file(model_dir)

@@ -75,7 +75,8 @@ class ModelArgs:
         if self.dim % self.n_heads:
             raise CheckpointError(f"params.json: dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
-            raise CheckpointError(f"params.json: n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+            raise CheckpointError(f"params.json: n_heads={self.n_heads} is not a multiple of "
+                                  f"n_kv_heads={self.n_kv_heads}")
         if self.head_dim % 2:
             raise CheckpointError(f"params.json: head_dim={self.head_dim} must be even for RoPE")
 

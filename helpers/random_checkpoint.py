@@ -1,7 +1,9 @@
 """Write seeded random checkpoints in Meta's format, for tests and for scale benchmarks."""
 import torch
 
-from helpers.checkpoint import ModelArgs, expected_shapes, write_checkpoint  # noqa: F401  (re-exported)
+from helpers.checkpoint import write_checkpoint  # noqa: F401  (re-exported: tests and notebooks import it here)
+from helpers.params import ModelArgs
+from helpers.state_dict import expected_shapes
 
 
 def random_weights(args, seed=0, dtype=torch.bfloat16, tied=False):

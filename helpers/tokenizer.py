@@ -1,12 +1,15 @@
 """The Llama 3 tokenizer: tiktoken BPE with 128,000 ranks and 256 special tokens."""
 import base64
-import importlib.resources
+import functools
 import operator
-import os
 import re
 from pathlib import Path
 
 import tiktoken
+
+from helpers.files import read_json
+from helpers.model_dir import default_tokenizer_path, tokenizer_source  # noqa: F401  (re-exported)
+from helpers.params import CheckpointError
 
 # the split regex from Meta's llama3 tokenizer: contractions, words, 1-3 digit numbers, punctuation, spaces
 PAT_STR = (
@@ -34,17 +37,6 @@ def special_token_names(llama31=False):
         names[4], names[5], names[8], names[10] = (
             "<|finetune_right_pad_id|>", "<|step_id|>", "<|eom_id|>", "<|python_tag|>")
     return names
-
-
-def default_tokenizer_path():
-    """The Llama 3 tokenizer.model shipped by the `llama-models` package (no network)."""
-    try:
-        path = importlib.resources.files("llama_models") / "llama3" / "tokenizer.model"
-    except ModuleNotFoundError:
-        raise FileNotFoundError(
-            "the Llama 3 tokenizer comes from the `llama-models` package, which is not installed: "
-            "run `pip install -r requirements.txt`") from None
-    return Path(str(path))
 
 
 def load_ranks(path):
@@ -160,32 +152,68 @@ class Tokenizer:
         return [self.piece(i) for i in ids]
 
 
+def count_tokens(path):
+    """ranks + 256 specials of a tokenizer.model, from its line count (no parsing)."""
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip()) + NUM_SPECIAL
+
+
+def bytes_to_unicode():
+    """GPT-2's byte -> char map: tokenizer.json spells every token's bytes with printable chars."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
+    moved = [b for b in range(256) if b not in keep]  # control chars, space, ...: shifted past 255
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + n) for n, b in enumerate(moved)}}
+
+
+def check_tokenizer_json(path, tokenizer_model):
+    """Does an HF tokenizer.json equal the tiktoken tokenizer.model? -> llama31 naming; CheckpointError if not.
+    Each version of the file is checked once per process (load_checkpoint and load_tokenizer both ask)."""
+    st = Path(path).stat()
+    return _check_tokenizer_json(str(path), st.st_mtime_ns, st.st_size, str(tokenizer_model))
+
+
+@functools.lru_cache(maxsize=8)
+def _check_tokenizer_json(path, _mtime, _size, tokenizer_model):
+    data = read_json(path, "the tokenizer")
+    vocab = (data.get("model") or {}).get("vocab")
+
+    def fail(why):
+        raise CheckpointError(f"{path} does not match the Llama 3 tokenizer {tokenizer_model}: {why}. This "
+                              "model uses another tokenizer: put its tiktoken tokenizer.model in "
+                              f"{Path(path).parent / 'original'}/ (Llama 3 downloads ship one there)")
+    if not isinstance(vocab, dict):
+        fail("no BPE model.vocab")
+    ranks = load_ranks(tokenizer_model)
+    if len(vocab) != len(ranks):
+        fail(f"{len(vocab)} vocab entries, expected {len(ranks)}")
+    spell = bytes_to_unicode()
+    for b, rank in ranks.items():  # every entry: cheap, and a sample could miss a retrained merge
+        s = "".join(spell[c] for c in b)
+        if vocab.get(s) != rank:
+            fail(f"token {s!r} has id {vocab.get(s)}, Llama 3 has {rank}")
+    added = {t.get("id"): t.get("content") for t in data.get("added_tokens", [])}
+    got = [added.get(len(ranks) + i) for i in range(NUM_SPECIAL)]
+    for llama31 in (False, True):
+        if got == special_token_names(llama31):
+            return llama31
+    want = special_token_names(got[10] == "<|python_tag|>")
+    i = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
+    fail(f"special token id {len(ranks) + i} is {got[i]!r}, Llama 3 has {want[i]!r}")
+
+
+def tokenizer_file(model_dir=None):
+    """(tokenizer.model path, llama31 names) for a model dir (helpers.model_dir.tokenizer_source), with an HF
+    dir's tokenizer.json checked against the bundled file when that file stands in for it."""
+    path, llama31, must_match = tokenizer_source(model_dir)
+    if must_match is not None:
+        llama31 = check_tokenizer_json(must_match, path)
+    return path, llama31
+
+
 def load_tokenizer(model_dir=None):
     """Tokenizer for a model dir: its own tokenizer.model if present, else the bundled Llama 3 file.
 
-    Resolution of model_dir: argument > LLAMA3_DIR > none (bundled tokenizer).
+    Resolution of model_dir: argument > LLAMA3_DIR > the bundled model (as load_checkpoint).
     """
-    model_dir = model_dir or os.environ.get("LLAMA3_DIR")
-    path, llama31 = default_tokenizer_path(), False
-    if model_dir:
-        d = Path(model_dir)
-        for cand in (d / "tokenizer.model", d / "original" / "tokenizer.model"):
-            if cand.is_file():
-                path = cand
-                break
-        llama31 = _is_llama31(d)
-        if (d / "config.json").is_file() and not (d / "params.json").is_file() \
-                and not (d / "original" / "params.json").is_file():
-            from helpers.hf import hf_tokenizer  # HF download: its tokenizer.json must be Llama 3's
-            path, llama31 = hf_tokenizer(d)
+    path, llama31 = tokenizer_file(model_dir)
     return Tokenizer(path, llama31=llama31)
-
-
-def _is_llama31(d):
-    import json
-    for p in (d / "params.json", d / "original" / "params.json"):
-        try:
-            return bool(json.loads(p.read_text()).get("use_scaled_rope", False))
-        except (OSError, ValueError, AttributeError):
-            continue
-    return False

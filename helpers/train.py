@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from helpers.checkpoint import (DEFAULT_DIR, DEFAULT_SHA256, ModelArgs, atomic_write, check_not_bundled, sha256,
-                                write_checkpoint, write_json)
-from helpers.model import apply_rope, rope_rotations
+from helpers.checkpoint import (DEFAULT_DIR, DEFAULT_SHA256, ModelArgs, atomic_write, check_not_bundled,
+                                load_checkpoint, sha256, write_checkpoint, write_json)
+from helpers.data import tokenize_split
+from helpers.transformer import apply_rope, rope_rotations
 from helpers.tokenizer import load_tokenizer
 
 TINY = dict(dim=128, n_layers=6, n_heads=4, n_kv_heads=1, vocab_size=128256, multiple_of=64,
@@ -203,7 +204,6 @@ def write_log(path, rows):
 def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, init_from=None,
           overwrite_bundled=False):
     from tqdm.auto import tqdm
-    from helpers.data import tokenize_split
 
     check_not_bundled(out_dir, overwrite_bundled)  # before the long run, not after it
     torch.manual_seed(cfg.seed)
@@ -215,7 +215,6 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
     tr, va = vocab.to_compact[train_ids], vocab.to_compact[val_ids]
     model = TinyLlama(args, vocab, cfg.dropout)
     if init_from:
-        from helpers.checkpoint import load_checkpoint
         model.load_meta(load_checkpoint(init_from, verify=False)[0])
     model = model.to(dev)
     decay = [p for p in model.parameters() if p.dim() == 2]

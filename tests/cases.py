@@ -4,6 +4,8 @@ import torch
 from helpers.checkpoint import load_checkpoint
 from helpers.random_checkpoint import write_random_checkpoint
 
+SMALL = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128256)  # a quick checkpoint to load
+
 CASES = {
     "n_rep1": (dict(dim=64, n_heads=4, n_kv_heads=4, multiple_of=32), 7),
     "n_rep2": (dict(dim=64, n_heads=4, n_kv_heads=2, multiple_of=32, ffn_dim_multiplier=1.3), 13),

@@ -5,11 +5,11 @@ import shutil
 import pytest
 import torch
 
-from helpers import checkpoint, facts
+from helpers import checkpoint, facts, model_dir
 from helpers.checkpoint import CheckpointError, ModelArgs, expected_shapes, load_checkpoint
 from helpers.random_checkpoint import random_weights, write_checkpoint, write_random_checkpoint
 
-SMALL = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128256)
+from cases import SMALL  # tests/ is on sys.path under pytest (tests/conftest.py)
 
 
 @pytest.fixture
@@ -44,7 +44,8 @@ def test_model_args_validation(params, match):
 
 def test_load_random_checkpoint(ckpt):
     weights, args = load_checkpoint(ckpt)
-    assert args.dim == 64 and args.n_kv_heads == 2 and args.hidden_dim == weights["layers.0.feed_forward.w1.weight"].shape[0]
+    assert args.dim == 64 and args.n_kv_heads == 2
+    assert args.hidden_dim == weights["layers.0.feed_forward.w1.weight"].shape[0]
     assert set(weights) == set(expected_shapes(args))
     assert all(t.dtype == torch.bfloat16 for t in weights.values())
     assert not checkpoint.is_tied(weights) and not checkpoint.is_llama3_8b(args, weights)
@@ -85,6 +86,7 @@ def test_default_checkpoint_sha256_is_verified(tmp_path, monkeypatch):
     d = tmp_path / "default"
     shutil.copytree(checkpoint.DEFAULT_DIR, d)
     monkeypatch.setattr(checkpoint, "DEFAULT_DIR", d)
+    monkeypatch.setattr(model_dir, "DEFAULT_DIR", d)            # where load_checkpoint() finds it
     load_checkpoint()                                          # intact copy loads
     with open(d / "consolidated.00.pth", "r+b") as f:
         f.seek(-100, os.SEEK_END)
@@ -187,9 +189,9 @@ def test_no_pth(ckpt):
         load_checkpoint(ckpt)
 
 
-def test_several_shards(ckpt):
-    shutil.copy(ckpt / "consolidated.00.pth", ckpt / "consolidated.01.pth")
-    with pytest.raises(CheckpointError, match=r"holds 2 shards.*not supported yet"):
+def test_copied_shard_is_not_taken_for_model_parallel(ckpt):
+    shutil.copy(ckpt / "consolidated.00.pth", ckpt / "consolidated.01.pth")  # multi-shard: tests/test_shards.py
+    with pytest.raises(CheckpointError, match=r"copies of one single-file checkpoint\? Keep consolidated.00.pth"):
         load_checkpoint(ckpt)
 
 
@@ -236,7 +238,8 @@ def test_params_disagree_with_layers(ckpt):
 
 def test_tokenizer_larger_than_embeddings(tmp_path):
     d = write_random_checkpoint(tmp_path, **{**SMALL, "vocab_size": 1000})
-    with pytest.raises(CheckpointError, match=r"tokenizer .*tokenizer.model has 128256 tokens but the model has only 1000"):
+    with pytest.raises(CheckpointError, match=r"tokenizer .*tokenizer.model has 128256 tokens but the model has "
+                                              r"only 1000 embedding rows \(.*params.json has vocab_size=1000\)"):
         load_checkpoint(d)
 
 

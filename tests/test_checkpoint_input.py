@@ -7,11 +7,11 @@ import shutil
 import pytest
 import torch
 
-from helpers import checkpoint, facts
+from helpers import checkpoint, facts, model_dir
 from helpers.checkpoint import CheckpointError, ModelArgs, load_checkpoint, resolve_dir
 from helpers.random_checkpoint import random_weights, write_checkpoint, write_random_checkpoint
 
-SMALL = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128256)
+from cases import SMALL  # tests/ is on sys.path under pytest (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_relative_path_tries_cwd_then_repo_root(source, tmp_path, monkeypatch):
     root = tmp_path / "repo"
     shutil.copytree(source, root / "models" / "m")
     (root / "notebooks").mkdir()
-    monkeypatch.setattr(checkpoint, "ROOT", root)
+    monkeypatch.setattr(model_dir, "ROOT", root)
     monkeypatch.chdir(root / "notebooks")                      # where notebooks run
     monkeypatch.setenv("LLAMA3_DIR", "models/m")
     assert load_checkpoint()[1].n_layers == 2                   # found under the repo root

@@ -62,10 +62,21 @@ def test_context_limit(model, tok):
         generate(weights, args, tok, PROMPT, args.max_seq_len - n_prompt + 1)
 
 
-def test_valid_sampling_options_pass():
-    check_sampling(0.0, None, None)
-    check_sampling(0.7, 1, 1.0)
-    check_sampling(2, 50, 1e-9)
+@pytest.mark.parametrize("temperature, top_k, top_p, kept", [
+    (0.7, 1, 1.0, 1),       # top_k=1: only the best token
+    (2, 50, 1e-9, 1),       # a tiny top_p keeps the first token only
+    (1.0, 3, None, 3),
+    (1.0, None, 1.0, 10),   # no limit: every token of this 10-token vocab
+])
+def test_valid_sampling_options_pass_and_limit_the_draw(temperature, top_k, top_p, kept):
+    check_sampling(temperature, top_k, top_p)                    # accepted...
+    logits = torch.arange(10.0)                                  # token 9 is the best, then 8, ...
+    probs, ids = kept_distribution(logits, temperature, top_k, top_p)
+    assert ids.tolist() == list(range(9, 9 - kept, -1))          # ...and they keep what they say
+    gen = torch.Generator().manual_seed(0)
+    draws = {sample_next(logits, temperature, top_k, top_p, gen) for _ in range(200)}
+    assert draws <= set(ids.tolist()) and (len(draws) > 1) == (kept > 1)
+    assert check_sampling(0.0, None, None) is None and sample_next(logits, 0.0) == 9  # greedy: the argmax
 
 
 # --- greedy and the cache ---------------------------------------------------------------------------
@@ -99,17 +110,17 @@ def test_cached_logits_equal_full_recomputation_every_step(model, tok):
 
 def test_stop_tokens_end_generation_and_are_not_returned(model, tok):
     weights, args = model
-    ids = greedy_no_cache(weights, args, tok.encode(PROMPT), 3)[-3:]
-    first, second = ids[0], ids[1]
-    assert generate(weights, args, tok, PROMPT, 8, stop_tokens={first}) == ""
-    if second != first:
-        assert generate(weights, args, tok, PROMPT, 8, stop_tokens={second}) == tok.decode([first])
+    prompt = tok.encode(PROMPT)
+    ids = greedy_no_cache(weights, args, prompt, 8)[len(prompt):]
+    assert generate(weights, args, tok, PROMPT, 8, stop_tokens={ids[0]}) == ""
+    j = next(j for j, t in enumerate(ids) if t != ids[0])       # the first token that differs (greedy on a
+    assert generate(weights, args, tok, PROMPT, 8, stop_tokens={ids[j]}) == tok.decode(ids[:j])  # random model)
 
 
 @pytest.mark.parametrize("stop_name", ["<|end_of_text|>", "<|eot_id|>"])
 def test_default_stops_on_end_tokens(model, tok, monkeypatch, stop_name):
     """A scripted model says 'A B <stop> C': generation returns 'A B' and never asks for C."""
-    import helpers.model
+    import helpers.generate
     weights, args = model
     a, b, c = tok.encode(" A B C", bos=False)
     script, calls = [a, b, tok.special_tokens[stop_name], c], []
@@ -120,7 +131,7 @@ def test_default_stops_on_end_tokens(model, tok, monkeypatch, stop_name):
         calls.append(list(tokens))
         return logits
 
-    monkeypatch.setattr(helpers.model, "forward", scripted)
+    monkeypatch.setattr(helpers.generate, "forward", scripted)
     got = []
     assert generate(weights, args, tok, PROMPT, 10, on_token=got.append) == " A B"
     assert got == [a, b] and len(calls) == 3

@@ -234,6 +234,21 @@ def test_hf_tokenizer_json_checked_then_bundled_file_used(small_hf, tmp_path, ll
         assert load_checkpoint(d)[1].dim == 32
 
 
+def test_tokenizer_json_is_checked_once_per_file_version(small_hf, tmp_path, llama3_json):
+    from helpers import tokenizer
+    d = fresh(small_hf, tmp_path)
+    (d / "tokenizer.json").write_text(json.dumps(llama3_json()))
+    tokenizer._check_tokenizer_json.cache_clear()
+    load_checkpoint(d)
+    load_tokenizer(d)                                        # the notebooks' pair: one 128,000-entry check
+    assert tokenizer._check_tokenizer_json.cache_info().misses == 1
+    bad = llama3_json()
+    bad["added_tokens"][9]["content"] = "<|im_end|>"
+    (d / "tokenizer.json").write_text(json.dumps(bad) + " ")  # a new version of the file is checked again
+    with pytest.raises(CheckpointError, match="im_end"):
+        load_tokenizer(d)
+
+
 def test_hf_tokenizer_without_tokenizer_json_is_bundled(small_hf, tmp_path):
     assert load_tokenizer(fresh(small_hf, tmp_path)).path == default_tokenizer_path()
 

@@ -19,7 +19,7 @@ from helpers.tokenizer import default_tokenizer_path
 # published: SwiGLU width (HF config intermediate_size) and parameter count (model cards: 8.03B, 1.24B, 3.21B)
 PUBLISHED = {"llama3-8b": (14336, facts.N_PARAMS), "llama3.1-8b": (14336, facts.N_PARAMS),
              "llama3.2-1b": (8192, 1_235_814_400), "llama3.2-3b": (8192, 3_212_749_824)}
-SMALL = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128256, multiple_of=32,
+SCALED_ROPE = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128256, multiple_of=32,
              ffn_dim_multiplier=1.5, use_scaled_rope=True)
 
 
@@ -57,12 +57,12 @@ def test_scaled_rope_matches_meta_reference():
 @pytest.fixture(scope="module")
 def tied_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("synthetic") / "tied"
-    write_synthetic(d, ModelArgs.from_params({**SMALL, "synthetic": True}), seed=3, tied=True, progress=False)
+    write_synthetic(d, ModelArgs.from_params({**SCALED_ROPE, "synthetic": True}), seed=3, tied=True, progress=False)
     return d
 
 
 def test_written_file_is_a_valid_checkpoint(tied_dir):
-    args = ModelArgs.from_params({**SMALL, "synthetic": True})
+    args = ModelArgs.from_params({**SCALED_ROPE, "synthetic": True})
     weights, n = check(tied_dir, args, tied=True)
     assert n == n_params(args, tied=True) < sum(t.numel() for t in weights.values())
     assert is_tied(weights) and not is_llama3_8b(args, weights)
@@ -86,7 +86,7 @@ def test_values_are_scaled(tied_dir):
 
 
 def test_seeded(tied_dir, tmp_path):
-    args = ModelArgs.from_params({**SMALL, "synthetic": True})
+    args = ModelArgs.from_params({**SCALED_ROPE, "synthetic": True})
     sha = lambda d: hashlib.sha256((d / "consolidated.00.pth").read_bytes()).hexdigest()  # noqa: E731
     write_synthetic(tmp_path / "same", args, seed=3, tied=True, progress=False)
     write_synthetic(tmp_path / "other", args, seed=4, tied=True, progress=False)
@@ -112,7 +112,7 @@ def test_forward_tied_stored_either_way(tied_dir, tmp_path):
 
 
 def test_forward_untied_scaled_rope(tmp_path):
-    args = ModelArgs.from_params({**SMALL, "n_layers": 3, "synthetic": True})
+    args = ModelArgs.from_params({**SCALED_ROPE, "n_layers": 3, "synthetic": True})
     write_synthetic(tmp_path, args, seed=0, progress=False)
     weights, got = load_checkpoint(tmp_path)
     assert got.use_scaled_rope and not is_tied(weights)

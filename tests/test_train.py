@@ -123,5 +123,6 @@ def test_write_log_leaves_no_temp_files(tmp_path):
     write_checkpoint(tmp_path, args, model.to_meta())
     train_module.write_log(tmp_path / "train_log.tsv", [{"step": 1, "lr": 1e-3, "train_loss": 5.0, "val_loss": None,
                                                          "seconds": 0.1}])
-    assert (tmp_path / "train_log.tsv").read_text() == "step\tlr\ttrain_loss\tval_loss\tseconds\n1\t0.001000\t5.0000\t\t0.1\n"
+    assert (tmp_path / "train_log.tsv").read_text() == ("step\tlr\ttrain_loss\tval_loss\tseconds\n"
+                                                        "1\t0.001000\t5.0000\t\t0.1\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["consolidated.00.pth", "params.json", "train_log.tsv"]

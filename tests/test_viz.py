@@ -193,36 +193,67 @@ def _data(arr):
     return torch.as_tensor(arr.data).float()
 
 
-def test_plots_show_the_data(run, tok):
-    weights, args, ids, c = run
-    labels = viz.token_labels(tok, ids)
-    T, hidden = len(ids), viz.blocked(len(ids))
-    fig = viz.plot_attention(c["attn"][0, 0], labels)
+def _labels(run, tok):
+    _, _, ids, _ = run
+    return viz.token_labels(tok, ids), len(ids), viz.blocked(len(ids))
+
+
+def test_plot_attention_shows_the_probs(run, tok):
+    labels, T, hidden = _labels(run, tok)
+    attn = run[3]["attn"]
+    fig = viz.plot_attention(attn[0, 0], labels)
     arr = _image(fig.axes[0])
     assert (arr.mask == hidden.numpy()).all()                            # masked cells are drawn apart
-    torch.testing.assert_close(_data(arr), c["attn"][0, 0])
+    torch.testing.assert_close(_data(arr), attn[0, 0])
     assert len(fig.axes[0].get_xticklabels()) == T
+
+
+def test_plot_mask_softmax_shows_three_stages(run, tok):
+    labels, _, hidden = _labels(run, tok)
+    c = run[3]
     fig = viz.plot_mask_softmax(c["scores"][1, 0], labels)
     raw, masked, probs = (_image(ax) for ax in fig.axes[:3])
     assert not raw.mask.any() and (masked.mask == hidden.numpy()).all()
     torch.testing.assert_close(_data(probs).masked_fill(hidden, 0), c["attn"][1, 0])
+
+
+def test_plot_heads_shows_every_head(run, tok):
+    labels, _, _ = _labels(run, tok)
+    _, args, _, c = run
     fig = viz.plot_heads(c["attn"][-1], labels)
     imgs = [ax.images[0].get_array() for ax in fig.axes if ax.images]
     assert len(imgs) == args.n_heads
     torch.testing.assert_close(_data(imgs[-1]), c["attn"][-1, -1])
-    s = viz.head_stats(c["attn"])
+
+
+def test_plot_overview_shows_head_stats(run):
+    s = viz.head_stats(run[3]["attn"])
     fig = viz.plot_overview(s)
     torch.testing.assert_close(_data(_image(fig.axes[0])), s["bos"])
+
+
+def test_plot_logit_lens_shows_probs_and_tokens(run, tok):
+    labels, T, _ = _labels(run, tok)
+    weights, args, _, c = run
     lens = viz.logit_lens(weights, args, c["resid"])
     fig = viz.plot_logit_lens(lens, tok, labels)
     torch.testing.assert_close(_data(_image(fig.axes[0])), lens["probs"])
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert len(texts) == (args.n_layers + 1) * T
+
+
+def test_plot_rope_spectrum_shows_wavelengths(run):
+    args = run[1]
     fig = viz.plot_rope_spectrum(viz.rope_spectrum(args), args.max_seq_len)
-    torch.testing.assert_close(torch.tensor(fig.axes[0].lines[-2].get_ydata()), viz.rope_spectrum(args)["wavelength"])
+    ydata = torch.tensor(fig.axes[0].lines[-2].get_ydata())
+    torch.testing.assert_close(ydata, viz.rope_spectrum(args)["wavelength"])
+
+
+def test_plot_norm_hist_counts_every_value(run):
+    weights, args, ids, c = run
     st = viz.norm_stages(c["resid"][1], weights["layers.1.ffn_norm.weight"], args.norm_eps)
     fig = viz.plot_norm_hist(st)
-    assert [int(sum(p.get_height() for p in ax.patches)) for ax in fig.axes] == [T * args.dim] * 3
+    assert [int(sum(p.get_height() for p in ax.patches)) for ax in fig.axes] == [len(ids) * args.dim] * 3
 
 
 def test_long_prompt_labels_are_thinned(run, tok):

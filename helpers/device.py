@@ -1,0 +1,36 @@
+"""Where the forward pass runs: cuda > mps > cpu, or the LLAMA3_DEVICE variable. Chosen once, at import."""
+import os
+
+import torch
+
+
+def available_devices():
+    """What this machine offers, for error messages: e.g. ['cpu', 'cuda:0']."""
+    out = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return out + ["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else out
+
+
+def pick_device(value=None):
+    """cuda > mps > cpu, unless value (default: the LLAMA3_DEVICE variable) names one. Chosen once, at import."""
+    value = os.environ.get("LLAMA3_DEVICE", "") if value is None else value
+    if value:
+        why = "is not a device name"
+        try:
+            dev = torch.device(str(value).strip().lower())
+            ok = dev.type == "cpu" or (dev.type == "cuda" and (dev.index or 0) < torch.cuda.device_count()) \
+                or (dev.type == "mps" and "mps" in available_devices())
+            why = "is not available on this machine"
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"LLAMA3_DEVICE={value!r} {why}: use cpu, cuda, cuda:N or mps (available here: "
+                             f"{', '.join(available_devices())}), or unset it to pick the best automatically")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+DEVICE = pick_device()

@@ -1,0 +1,283 @@
+"""The Llama 3 forward pass by hand, on the raw weights dict: what notebooks 02-07 teach, in one place.
+
+Weights stay as loaded (bf16, mmap'd); each matrix is upcast to fp32 only while it is used. Generation (the
+KV cache, sampling; notebook 08) is in helpers.generate; helpers.model imports both.
+"""
+import math
+import operator
+from collections.abc import Sequence
+
+import torch
+
+from helpers.device import DEVICE
+
+
+CHUNK = 1 << 19  # elements of a bf16 matrix upcast at a time: 2 MB of fp32 stays in cache (bench/scale.py)
+
+
+def fp32(weights, name):
+    """One tensor of the checkpoint, upcast to fp32 on DEVICE."""
+    return weights[name].to(device=DEVICE, dtype=torch.float32)
+
+
+_chunk = {}
+
+
+def upcast_rows(w, r, rows):
+    """fp32 copy of w[r:r+rows] on DEVICE in one reused buffer (valid until the next call): a fresh
+    fp32 matrix per use would cost a page fault per 4 KB, several times the upcast itself."""
+    block = w[r:r + rows]
+    buf = _chunk.get(DEVICE)
+    if buf is None or buf.numel() < block.numel():
+        with torch.inference_mode(False):  # a normal tensor: reusable inside and outside inference_mode
+            buf = _chunk[DEVICE] = torch.empty(block.numel(), device=DEVICE)
+    return buf[:block.numel()].view(block.shape).copy_(block)
+
+
+def linear(x, weights, name):
+    """x @ W.T for W = weights[name] [out, in], upcasting W a block of rows at a time."""
+    w = weights[name]
+    if w.dtype == torch.float32 or (torch.is_grad_enabled() and x.requires_grad):  # fp32_weights, autograd
+        return x @ fp32(weights, name).T
+    rows = max(1, CHUNK // w.shape[1])
+    return torch.cat([x @ upcast_rows(w, r, rows).T for r in range(0, w.shape[0], rows)], dim=-1)
+
+
+def rms_norm(x, weight, eps):
+    """x / sqrt(mean(x^2) + eps) * weight, in fp32."""
+    x = x.float()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+
+
+def rope_frequencies(args):
+    """theta^(-2i/head_dim) for i < head_dim/2, with llama 3.1 scaling when params ask for it."""
+    hd = args.head_dim
+    freqs = 1.0 / (args.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+    if args.use_scaled_rope:
+        freqs = scale_frequencies(freqs, args)
+    return freqs
+
+
+def scale_frequencies(freqs, args):
+    """llama 3.1: slow the low frequencies by the factor, keep the high ones, blend in between."""
+    factor, lo, hi = args.rope_scaling_factor, args.rope_low_freq_factor, args.rope_high_freq_factor
+    old = args.rope_original_context
+    wavelen = 2 * math.pi / freqs
+    scaled = torch.where(wavelen > old / lo, freqs / factor, freqs)
+    smooth = (old / wavelen - lo) / (hi - lo)
+    mid = (wavelen >= old / hi) & (wavelen <= old / lo)
+    return torch.where(mid, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+
+
+def rope_rotations(args, positions):
+    """e^(i * pos * freq): [len(positions), head_dim/2] complex64."""
+    angles = torch.outer(positions.float(), rope_frequencies(args))
+    return torch.polar(torch.ones_like(angles), angles).to(DEVICE)
+
+
+def apply_rope(x, rot):
+    """Rotate consecutive pairs of x [T, heads, head_dim] by rot [T, head_dim/2]."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # [T, heads, head_dim/2]
+    return torch.view_as_real(pairs * rot[:, None, :]).flatten(-2)           # [T, heads, head_dim]
+
+
+def causal_mask(T, start_pos=0):
+    """[T, start_pos+T]: 0 where query t may see key s (s <= start_pos + t), -inf elsewhere."""
+    q = torch.arange(T, device=DEVICE)[:, None] + start_pos
+    s = torch.arange(start_pos + T, device=DEVICE)[None, :]
+    return torch.zeros(T, start_pos + T, device=DEVICE).masked_fill(s > q, float("-inf"))
+
+
+def attention(x, weights, args, i, rot, cache=None, start_pos=0, record=None):
+    """Grouped-query attention of layer i on normed x [T, dim] -> [T, dim]."""
+    T, hd, p = x.shape[0], args.head_dim, f"layers.{i}.attention."
+    q = linear(x, weights, p + "wq.weight").view(T, args.n_heads, hd)     # [T, n_heads, head_dim]
+    k = linear(x, weights, p + "wk.weight").view(T, args.n_kv_heads, hd)  # [T, n_kv_heads, head_dim]
+    v = linear(x, weights, p + "wv.weight").view(T, args.n_kv_heads, hd)  # [T, n_kv_heads, head_dim]
+    q, k = apply_rope(q, rot), apply_rope(k, rot)
+    if cache is not None:
+        k, v = cache.update(i, start_pos, k, v)                            # [S, n_kv_heads, head_dim]
+    k = k.repeat_interleave(args.n_rep, dim=1)                             # [S, n_heads, head_dim]
+    v = v.repeat_interleave(args.n_rep, dim=1)                             # [S, n_heads, head_dim]
+    scores = torch.einsum("thd,shd->hts", q, k) / math.sqrt(hd)            # [n_heads, T, S]
+    masked = scores + causal_mask(T, start_pos) if T > 1 else scores      # one new token may see every key
+    probs = torch.softmax(masked, dim=-1)
+    if record is not None:
+        record.setdefault("scores", []).append(scores)
+        record.setdefault("attn", []).append(probs)
+    out = torch.einsum("hts,shd->thd", probs, v).reshape(T, args.dim)     # [T, dim]
+    return linear(out, weights, p + "wo.weight")
+
+
+def feed_forward(x, weights, i):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+    p = f"layers.{i}.feed_forward."
+    gate = torch.nn.functional.silu(linear(x, weights, p + "w1.weight"))
+    return linear(gate * linear(x, weights, p + "w3.weight"), weights, p + "w2.weight")
+
+
+def layer(h, weights, args, i, rot, cache=None, start_pos=0, record=None):
+    """One transformer block: pre-norm attention and pre-norm SwiGLU, each added to the residual."""
+    x = rms_norm(h, fp32(weights, f"layers.{i}.attention_norm.weight"), args.norm_eps)
+    h = h + attention(x, weights, args, i, rot, cache, start_pos, record)
+    x = rms_norm(h, fp32(weights, f"layers.{i}.ffn_norm.weight"), args.norm_eps)
+    return h + feed_forward(x, weights, i)
+
+
+def embed(weights, tokens):
+    """Embedding lookup = row indexing: [T] ids -> [T, dim] fp32."""
+    ids = torch.as_tensor(tokens, dtype=torch.long)
+    return weights["tok_embeddings.weight"][ids].to(device=DEVICE, dtype=torch.float32)
+
+
+def as_index(x):
+    """x as a Python int if it is an integer (int, numpy or 0-d torch integer), else None; bools are not ids."""
+    if isinstance(x, bool) or (torch.is_tensor(x) and x.dtype == torch.bool):
+        return None
+    try:
+        return operator.index(x)
+    except TypeError:
+        return None
+
+
+def check_tokens(args, tokens):
+    """ids (a flat list, 1-D tensor or array of ints) -> list of ints, each a row of the embedding table."""
+    ndim = getattr(tokens, "ndim", 1)                                       # tensors and numpy arrays have one
+    if isinstance(tokens, (str, bytes)) or ndim == 0 or not (isinstance(tokens, Sequence) or hasattr(tokens, "tolist")):
+        raise ValueError(f"token ids (the prompt) must be a list of integers (one id: [id]), got "
+                         f"{type(tokens).__name__} {tokens!r:.60}; to run text, tokenizer.encode(text) first")
+    shape = list(getattr(tokens, "shape", [len(tokens)]))
+    tokens = tokens.tolist() if hasattr(tokens, "tolist") else list(tokens)
+    if ndim != 1 or (tokens and isinstance(tokens[0], (list, tuple))):      # [[1, 2, 3]]: the HF batch habit
+        shape = shape if ndim != 1 else [len(tokens), len(tokens[0])]
+        raise ValueError(f"token ids must be one flat sequence, got a batch of shape {shape}: forward runs one "
+                         "sequence at a time; pass a flat list of ids, e.g. ids[0]")
+    if not tokens:
+        raise ValueError("no tokens (an empty prompt?): give at least one token id")
+    ids = [as_index(t) for t in tokens]
+    if None in ids:
+        n = ids.index(None)
+        raise ValueError(f"token ids must be integers, got {type(tokens[n]).__name__} {tokens[n]!r:.40} at "
+                         f"position {n}; to run text, tokenizer.encode(text) first")
+    if max(ids) >= args.vocab_size or min(ids) < 0:
+        bad = max(ids) if max(ids) >= args.vocab_size else min(ids)
+        raise ValueError(f"token id {bad} is outside the vocabulary (vocab_size={args.vocab_size}); "
+                         "was it made by another tokenizer?")
+    return ids
+
+
+def forward_order(args):
+    """Weight names in the order forward() uses them."""
+    names = ["tok_embeddings.weight"]
+    for i in range(args.n_layers):
+        a, f = f"layers.{i}.attention.", f"layers.{i}.feed_forward."
+        names += [f"layers.{i}.attention_norm.weight", a + "wq.weight", a + "wk.weight", a + "wv.weight",
+                  a + "wo.weight", f"layers.{i}.ffn_norm.weight", f + "w1.weight", f + "w3.weight", f + "w2.weight"]
+    return names + ["norm.weight", "output.weight"]
+
+
+def count_nonfinite(t):
+    """NaN/inf count of t, a block at a time: no full-size copy of an 8B matrix."""
+    flat = t.reshape(-1)
+    return sum(int((~torch.isfinite(flat[a:a + CHUNK])).sum()) for a in range(0, flat.numel(), CHUNK))
+
+
+def nonfinite_cause(weights, args, tokens):
+    """Why the logits hold NaN/inf: the first weight (in forward order) that does, else bad params, else overflow."""
+    rows = weights["tok_embeddings.weight"][torch.as_tensor(tokens)]
+    for n, row in zip(tokens, rows):
+        if count_nonfinite(row):
+            return f"tok_embeddings.weight row {n} (the embedding of token {n}) holds NaN/inf"
+    for name in forward_order(args)[1:]:
+        if name in weights and (bad := count_nonfinite(weights[name])):
+            return f"weight {name} holds {bad} NaN/inf value(s) of {weights[name].numel()}"
+    bad = [f"{k}={getattr(args, k)!r}" for k in ("rope_theta", "norm_eps")
+           if not (math.isfinite(getattr(args, k)) and getattr(args, k) > 0)]
+    if bad:
+        return f"the weights are finite but {' and '.join(bad)} must be a positive finite number (fix params.json)"
+    if not torch.isfinite(rope_frequencies(args)).all():
+        return (f"the RoPE frequencies are not finite: check rope_scaling_factor={args.rope_scaling_factor!r}, "
+                f"rope_low_freq_factor={args.rope_low_freq_factor!r}, "
+                f"rope_high_freq_factor={args.rope_high_freq_factor!r}")
+    return ("the weights and params are finite, so the activations overflowed fp32 inside the model: "
+            "are the weights scaled wrongly (e.g. saved from a diverged training run)?")
+
+
+RECORD_LIMIT = 1 << 30  # bytes forward(record=...) may keep: attention is n_layers * n_heads * T^2 per tensor
+
+
+def record_bytes(args, T, S=None):
+    """bytes a record dict keeps for T queries over S keys: fp32 scores and probs [n_heads, T, S] per layer,
+    plus the residual [T, dim] per layer."""
+    S = T if S is None else S
+    return 4 * args.n_layers * (2 * args.n_heads * T * S + T * args.dim)
+
+
+def nbytes(n):
+    """A byte count for messages: MiB below 0.25 GiB, else GiB."""
+    return f"{n / 2**20:.1f} MiB" if n < 1 << 28 else f"{n / 2**30:.2f} GiB"
+
+
+def forward(weights, args, tokens, cache=None, start_pos=0, last_only=False, record=None, progress=False,
+            record_max_bytes=RECORD_LIMIT):
+    """Token ids -> fp32 logits [len(tokens), vocab_size] (or [1, vocab_size] with last_only).
+
+    cache/start_pos: continue from a KVCache (helpers.generate) holding positions < start_pos.
+    record: a dict that receives per-layer 'attn', 'scores' and the residual stream 'resid'
+    (refused up front when that would exceed record_max_bytes).
+    """
+    tokens = check_tokens(args, tokens)
+    end = start_pos + len(tokens)
+    limit = cache.max_len if cache is not None else args.max_seq_len
+    if end > limit:
+        raise ValueError(f"{end} positions exceed the limit of {limit} (max_seq_len / cache size); "
+                         "shorten the prompt")
+    if record is not None and (need := record_bytes(args, len(tokens), end)) > record_max_bytes:
+        raise ValueError(f"record= would keep {nbytes(need)} of attention for {len(tokens)} tokens "
+                         f"({args.n_layers} layers x {args.n_heads} heads x T^2 scores and probs), over "
+                         f"record_max_bytes={nbytes(record_max_bytes)}: use a shorter prompt, "
+                         "record fewer layers (helpers.viz.Trace), or raise record_max_bytes")
+    h = embed(weights, tokens)                                              # [T, dim]
+    rot = rope_rotations(args, torch.arange(start_pos, end))
+    layers = range(args.n_layers)
+    if progress:
+        from tqdm.auto import tqdm
+        layers = tqdm(layers, desc="layers", leave=False)
+    for i in layers:
+        h = layer(h, weights, args, i, rot, cache, start_pos, record)
+        if record is not None:
+            record.setdefault("resid", []).append(h)
+    h = h[-1:] if last_only else h
+    h = rms_norm(h, fp32(weights, "norm.weight"), args.norm_eps)
+    logits = linear(h, weights, "output.weight")                            # [T, vocab_size]
+    lo, hi = torch.aminmax(logits)                                          # NaN/inf show in min or max: one
+    if not (lo.isfinite() & hi.isfinite()):                                 # cheap check; the search only on failure
+        raise ValueError(f"the logits hold NaN/inf: {nonfinite_cause(weights, args, tokens)}")
+    return logits
+
+
+FP32_COPY_LIMIT = 2 << 30  # bytes: fine for small models; the real 8B would need 32 GB
+
+
+FP32_AUTO_LIMIT = 1 << 30  # generate() upcasts once below this; above, per use (no 2x RAM for big models)
+
+
+def fp32_bytes(weights):
+    """bytes of an fp32 copy of every distinct tensor (tied embeddings count once). A lazily merged
+    multi-shard dict (helpers.shards) is counted from its shapes: merging every tensor to count it would
+    hold the whole model in memory at once."""
+    if hasattr(weights, "shape"):
+        return sum(4 * math.prod(weights.shape(name)) for name in weights)
+    return sum(4 * t.numel() for t in {id(t): t for t in weights.values()}.values())
+
+
+def fp32_weights(weights, max_bytes=FP32_COPY_LIMIT):
+    """Opt-in speed-up for small models: every tensor upcast to fp32 on DEVICE once, so generation
+    stops re-upcasting bf16 matrices at every token. Same numbers; refuses above max_bytes."""
+    need = fp32_bytes(weights)                                              # before touching any tensor
+    if need > max_bytes:
+        raise ValueError(f"an fp32 copy of these weights needs {need / 2**30:.1f} GiB, over max_bytes="
+                         f"{max_bytes / 2**30:.1f} GiB; keep the bf16 weights (upcast per use) or raise max_bytes")
+    unique = {id(t): t for t in weights.values()}                          # tied embeddings count once
+    copies = {i: t.to(device=DEVICE, dtype=torch.float32) for i, t in unique.items()}
+    return {name: copies[id(t)] for name, t in weights.items()}
