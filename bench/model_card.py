@@ -76,6 +76,9 @@ def main():
     lo, hi = mach["load_average_1min"]
     extra_files = sorted(p.name for p in DEFAULT_DIR.iterdir()
                          if p.name not in {"README.md", pth.name, "params.json", "train_log.tsv", "train_stats.json"})
+    ffn = f"{args.hidden_dim} ({args.multiple_of}, {args.ffn_dim_multiplier})"
+    recipe_line = ("`python -m helpers.train` (the defaults of `helpers.train.TrainConfig` are this run's config)"
+                   if recipe else "`helpers/train.py` with the config in `train_stats.json`")
     print(f"""# llama3-tiny: a small Llama 3 trained on Shakespeare
 
 The default checkpoint of llama3-by-hand. Llama 3 8B in miniature: the same architecture, the untouched
@@ -107,7 +110,7 @@ last run on {cpu_name()}.
 | n_layers | {args.n_layers} | 32 |
 | n_heads / n_kv_heads (n_rep) | {args.n_heads} / {args.n_kv_heads} ({args.n_rep}) | 32 / 8 (4) |
 | head_dim | {args.head_dim} | 128 |
-| FFN hidden (multiple_of, ffn_dim_multiplier) | {args.hidden_dim} ({args.multiple_of}, {args.ffn_dim_multiplier}) | 14336 (1024, 1.3) |
+| FFN hidden (multiple_of, ffn_dim_multiplier) | {ffn} | 14336 (1024, 1.3) |
 | vocab_size | {args.vocab_size} | 128256 |
 | rope_theta, norm_eps | {args.rope_theta:g}, {args.norm_eps:g} | 500000, 1e-05 |
 | output tied to tok_embeddings | {is_tied(weights)} | False |
@@ -130,7 +133,7 @@ Held out, never trained on: {', '.join(f'`{p}`' for p in VAL_PLAYS)}.
 Training tokens: {stats['train_tokens']:,}; held-out tokens: {stats['val_tokens']:,}.
 
 ## Training
-{'`python -m helpers.train` (the defaults of `helpers.train.TrainConfig` are this run' + "'" + 's config)' if recipe else '`helpers/train.py` with the config in `train_stats.json`'}:
+{recipe_line}:
 AdamW (betas 0.9/0.95, weight decay {cfg['weight_decay']} on matrices), lr {cfg['lr']} with
 {cfg['warmup']} warmup steps and cosine decay to {cfg['min_lr']}, batch {cfg['batch']} x {cfg['seq_len']}
 tokens, gradient clipping 1.0, seed {cfg['seed']}; {cfg['steps']} steps, {stats['tokens_seen']:,} tokens seen

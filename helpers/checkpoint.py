@@ -12,8 +12,10 @@ import torch
 from helpers.facts import is_llama3_8b  # noqa: F401  (re-exported: import it from here)
 from helpers.files import atomic_write, read_json, sha256, write_json  # noqa: F401  (re-exported)
 from helpers.hf import load_hf_dir
-from helpers.model_dir import DEFAULT_DIR, ROOT, SHARD, layout, meta_shards, resolve_dir  # noqa: F401
+from helpers.model_dir import (DEFAULT_DIR, ROOT, SHARD, check_not_bundled, layout, meta_shards,  # noqa: F401
+                               resolve_dir)
 from helpers.params import CheckpointError, ModelArgs  # noqa: F401  (re-exported: import them from here)
+from helpers.shards import load_shards
 from helpers.state_dict import DTYPES, check_weights, expected_shapes, is_tied, load_state_dict  # noqa: F401
 from helpers.tokenizer import count_tokens, tokenizer_file
 
@@ -53,7 +55,6 @@ def load_checkpoint(model_dir=None, verify=True):
     args = read_params(d)
     shards = meta_shards(d)
     if len(shards) > 1:  # model-parallel (70B: 8 files): a slice of every matrix per file, merged on use
-        from helpers.shards import load_shards  # it imports this module
         weights = load_shards(shards, args)     # checked against params.json there
     else:
         path = shards[0]
@@ -78,12 +79,6 @@ def check_tokenizer_fits(model_dir, args, source):
                               f"{args.vocab_size} embedding rows ({source} has vocab_size={args.vocab_size}); "
                               "use the tokenizer that came with this checkpoint")
     return args
-
-
-def check_not_bundled(out_dir, overwrite_bundled=False):
-    if Path(out_dir).expanduser().resolve() == DEFAULT_DIR.resolve() and not overwrite_bundled:
-        raise CheckpointError(f"{out_dir} is the bundled model {DEFAULT_DIR}; write to another dir (e.g. "
-                              "runs/llama3-tiny), or pass overwrite_bundled=True (--overwrite-bundled) on purpose")
 
 
 def write_checkpoint(out_dir, args, weights, tokenizer=None, overwrite_bundled=False):

@@ -148,3 +148,10 @@ def tokenizer_source(model_dir=None):
     if tj.is_file():
         return default_tokenizer_path(), None, tj
     return default_tokenizer_path(), config_says_llama31(d), None
+
+
+def check_not_bundled(out_dir, overwrite_bundled=False):
+    """writers refuse the bundled model's dir unless asked: load_checkpoint() checks its pinned sha256."""
+    if Path(out_dir).expanduser().resolve() == DEFAULT_DIR.resolve() and not overwrite_bundled:
+        raise CheckpointError(f"{out_dir} is the bundled model {DEFAULT_DIR}; write to another dir (e.g. "
+                              "runs/llama3-tiny), or pass overwrite_bundled=True (--overwrite-bundled) on purpose")

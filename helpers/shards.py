@@ -16,8 +16,10 @@ from pathlib import Path
 
 import torch
 
-from helpers.checkpoint import (SHARD, CheckpointError, atomic_write, check_not_bundled, check_weights,
-                                expected_shapes, load_state_dict, write_json)
+from helpers.files import atomic_write, write_json
+from helpers.model_dir import SHARD, check_not_bundled
+from helpers.params import CheckpointError
+from helpers.state_dict import check_weights, expected_shapes, load_state_dict
 
 COLUMN = ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight", "feed_forward.w1.weight",
           "feed_forward.w3.weight", "output.weight", "tok_embeddings.weight")   # split dim 0

@@ -1,7 +1,8 @@
 """The Llama 3 forward pass by hand, on the raw weights dict: what notebooks 02-07 teach, in one place.
 
-Weights stay as loaded (bf16, mmap'd); each matrix is upcast to fp32 only while it is used. Generation (the
-KV cache, sampling; notebook 08) is in helpers.generate; helpers.model imports both.
+Weights stay as loaded (bf16, mmap'd); each matrix is upcast to fp32 only while it is used. With
+precision="bf16" the weight matmuls run in bf16 instead (faster on CPUs/GPUs with bf16 units, not exact).
+Generation (the KV cache, sampling; notebook 08) is in helpers.generate; helpers.model imports both.
 """
 import math
 import operator
@@ -34,9 +35,26 @@ def upcast_rows(w, r, rows):
     return buf[:block.numel()].view(block.shape).copy_(block)
 
 
-def linear(x, weights, name):
-    """x @ W.T for W = weights[name] [out, in], upcasting W a block of rows at a time."""
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision):
+    """precision is 'fp32' (exact, the default) or 'bf16'; anything else: one ValueError naming both."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} must be one of {PRECISIONS}: 'fp32' (default) computes every "
+                         "step in fp32, exact to the printed digits; 'bf16' runs the weight matmuls in bf16 "
+                         "(fp32 accumulation, as Hugging Face's bf16 model), faster where the CPU/GPU has bf16 units")
+    return precision
+
+
+def linear(x, weights, name, precision="fp32"):
+    """x @ W.T for W = weights[name] [out, in], upcasting W a block of rows at a time.
+
+    precision="bf16": one bf16 matmul instead (x rounded to bf16, fp32 accumulation inside the kernel, the
+    output rounded to bf16 as Hugging Face's bf16 model does), returned as fp32; no fp32 copy of W."""
     w = weights[name]
+    if precision != "fp32" and check_precision(precision) == "bf16":
+        return (x.to(torch.bfloat16) @ w.to(device=DEVICE, dtype=torch.bfloat16).T).float()
     if w.dtype == torch.float32 or (torch.is_grad_enabled() and x.requires_grad):  # fp32_weights, autograd
         return x @ fp32(weights, name).T
     rows = max(1, CHUNK // w.shape[1])
@@ -88,12 +106,12 @@ def causal_mask(T, start_pos=0):
     return torch.zeros(T, start_pos + T, device=DEVICE).masked_fill(s > q, float("-inf"))
 
 
-def attention(x, weights, args, i, rot, cache=None, start_pos=0, record=None):
+def attention(x, weights, args, i, rot, cache=None, start_pos=0, record=None, precision="fp32"):
     """Grouped-query attention of layer i on normed x [T, dim] -> [T, dim]."""
-    T, hd, p = x.shape[0], args.head_dim, f"layers.{i}.attention."
-    q = linear(x, weights, p + "wq.weight").view(T, args.n_heads, hd)     # [T, n_heads, head_dim]
-    k = linear(x, weights, p + "wk.weight").view(T, args.n_kv_heads, hd)  # [T, n_kv_heads, head_dim]
-    v = linear(x, weights, p + "wv.weight").view(T, args.n_kv_heads, hd)  # [T, n_kv_heads, head_dim]
+    T, hd, p, pr = x.shape[0], args.head_dim, f"layers.{i}.attention.", precision
+    q = linear(x, weights, p + "wq.weight", pr).view(T, args.n_heads, hd)     # [T, n_heads, head_dim]
+    k = linear(x, weights, p + "wk.weight", pr).view(T, args.n_kv_heads, hd)  # [T, n_kv_heads, head_dim]
+    v = linear(x, weights, p + "wv.weight", pr).view(T, args.n_kv_heads, hd)  # [T, n_kv_heads, head_dim]
     q, k = apply_rope(q, rot), apply_rope(k, rot)
     if cache is not None:
         k, v = cache.update(i, start_pos, k, v)                            # [S, n_kv_heads, head_dim]
@@ -106,22 +124,22 @@ def attention(x, weights, args, i, rot, cache=None, start_pos=0, record=None):
         record.setdefault("scores", []).append(scores)
         record.setdefault("attn", []).append(probs)
     out = torch.einsum("hts,shd->thd", probs, v).reshape(T, args.dim)     # [T, dim]
-    return linear(out, weights, p + "wo.weight")
+    return linear(out, weights, p + "wo.weight", pr)
 
 
-def feed_forward(x, weights, i):
+def feed_forward(x, weights, i, precision="fp32"):
     """SwiGLU: w2(silu(w1 x) * w3 x)."""
     p = f"layers.{i}.feed_forward."
-    gate = torch.nn.functional.silu(linear(x, weights, p + "w1.weight"))
-    return linear(gate * linear(x, weights, p + "w3.weight"), weights, p + "w2.weight")
+    gate = torch.nn.functional.silu(linear(x, weights, p + "w1.weight", precision))
+    return linear(gate * linear(x, weights, p + "w3.weight", precision), weights, p + "w2.weight", precision)
 
 
-def layer(h, weights, args, i, rot, cache=None, start_pos=0, record=None):
+def layer(h, weights, args, i, rot, cache=None, start_pos=0, record=None, precision="fp32"):
     """One transformer block: pre-norm attention and pre-norm SwiGLU, each added to the residual."""
     x = rms_norm(h, fp32(weights, f"layers.{i}.attention_norm.weight"), args.norm_eps)
-    h = h + attention(x, weights, args, i, rot, cache, start_pos, record)
+    h = h + attention(x, weights, args, i, rot, cache, start_pos, record, precision)
     x = rms_norm(h, fp32(weights, f"layers.{i}.ffn_norm.weight"), args.norm_eps)
-    return h + feed_forward(x, weights, i)
+    return h + feed_forward(x, weights, i, precision)
 
 
 def embed(weights, tokens):
@@ -219,13 +237,15 @@ def nbytes(n):
 
 
 def forward(weights, args, tokens, cache=None, start_pos=0, last_only=False, record=None, progress=False,
-            record_max_bytes=RECORD_LIMIT):
+            record_max_bytes=RECORD_LIMIT, precision="fp32"):
     """Token ids -> fp32 logits [len(tokens), vocab_size] (or [1, vocab_size] with last_only).
 
     cache/start_pos: continue from a KVCache (helpers.generate) holding positions < start_pos.
     record: a dict that receives per-layer 'attn', 'scores' and the residual stream 'resid'
     (refused up front when that would exceed record_max_bytes).
+    precision: "fp32" (exact) or "bf16" (the weight matmuls in bf16; norms, RoPE, attention, KV cache in fp32).
     """
+    check_precision(precision)
     tokens = check_tokens(args, tokens)
     end = start_pos + len(tokens)
     limit = cache.max_len if cache is not None else args.max_seq_len
@@ -244,12 +264,12 @@ def forward(weights, args, tokens, cache=None, start_pos=0, last_only=False, rec
         from tqdm.auto import tqdm
         layers = tqdm(layers, desc="layers", leave=False)
     for i in layers:
-        h = layer(h, weights, args, i, rot, cache, start_pos, record)
+        h = layer(h, weights, args, i, rot, cache, start_pos, record, precision)
         if record is not None:
             record.setdefault("resid", []).append(h)
     h = h[-1:] if last_only else h
     h = rms_norm(h, fp32(weights, "norm.weight"), args.norm_eps)
-    logits = linear(h, weights, "output.weight")                            # [T, vocab_size]
+    logits = linear(h, weights, "output.weight", precision)                 # [T, vocab_size]
     lo, hi = torch.aminmax(logits)                                          # NaN/inf show in min or max: one
     if not (lo.isfinite() & hi.isfinite()):                                 # cheap check; the search only on failure
         raise ValueError(f"the logits hold NaN/inf: {nonfinite_cause(weights, args, tokens)}")

@@ -102,7 +102,7 @@ def test_bundled_sha256_is_pinned_in_code():
 
 def test_write_checkpoint_refuses_the_bundled_dir(monkeypatch, tmp_path):
     d = tmp_path / "bundled"
-    monkeypatch.setattr(checkpoint, "DEFAULT_DIR", d)
+    monkeypatch.setattr(model_dir, "DEFAULT_DIR", d)   # where check_not_bundled looks
     args = ModelArgs(**SMALL)
     with pytest.raises(CheckpointError, match="is the bundled model.*overwrite_bundled=True"):
         write_random_checkpoint(d, args)

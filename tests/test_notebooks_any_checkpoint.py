@@ -12,7 +12,7 @@ from nbclient.exceptions import CellExecutionError
 
 from helpers.random_checkpoint import write_random_checkpoint
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 # other dim, depth, heads and GQA ratio than the default model (dim 128, 6 layers, 4 heads, 1 kv head)
 OTHER_SHAPE = dict(dim=96, n_layers=3, n_heads=6, n_kv_heads=2, vocab_size=128256, multiple_of=32,
                    ffn_dim_multiplier=1.5, rope_theta=10000.0)

@@ -182,6 +182,9 @@ def test_labels(tok):
     assert labels[0] == "<bos>" and "\\n" in "".join(labels) and all(s.strip() for s in labels)
     assert viz.token_labels(tok, ids, numbered=True)[1].startswith("1:")
     assert viz.layer_labels(3) == ["embed", "layer 0", "layer 1"]
+    ids = tok.encode(" Romeo,  Romeo", bos=False)                          # leading spaces are visible
+    assert [tok.piece(i) for i in ids] == [" Romeo", ",", " ", " Romeo"]
+    assert viz.token_labels(tok, ids) == ["␣Romeo", ",", "␣", "␣Romeo"]
 
 
 def _image(ax):
@@ -212,6 +215,7 @@ def test_plot_mask_softmax_shows_three_stages(run, tok):
     labels, _, hidden = _labels(run, tok)
     c = run[3]
     fig = viz.plot_mask_softmax(c["scores"][1, 0], labels)
+    assert fig.get_size_inches()[0] <= 11                                # legible at notebook width
     raw, masked, probs = (_image(ax) for ax in fig.axes[:3])
     assert not raw.mask.any() and (masked.mask == hidden.numpy()).all()
     torch.testing.assert_close(_data(probs).masked_fill(hidden, 0), c["attn"][1, 0])
@@ -282,6 +286,11 @@ def test_explorer_views_and_errors(run, tok):
         ex.figure(PROMPT, 0, args.n_heads, "probs")
     with pytest.raises(ValueError, match="n_layers"):
         ex.figure(PROMPT, args.n_layers, 0, "probs")
+    with pytest.raises(ValueError, match="prompt is empty"):
+        ex.figure("  ", 0, 0, "probs")
+    for view in viz.VIEWS:                                              # with the controls: 1400x900 px
+        assert (ex.figure(PROMPT * 4, args.n_layers - 1, 0, view).get_size_inches() <= viz.FIT).all(), view
+        plt.close("all")
 
 
 def test_wrong_label_count_is_refused():

@@ -18,13 +18,14 @@ STATS = ("bos", "prev", "self", "entropy")
 # ---------------------------------------------------------------- labels
 
 def token_labels(tokenizer, ids, numbered=False):
-    """Readable tick labels: newlines/tabs escaped, blank pieces quoted, long specials shortened."""
+    """Readable tick labels: leading spaces shown as ␣ (' Romeo' -> '␣Romeo', so word starts are visible),
+    newlines/tabs escaped, long specials shortened."""
     out = []
     for n, i in enumerate(ids):
         s = tokenizer.piece(i)
         s = SHORT_SPECIAL.get(s, s).replace("\n", "\\n").replace("\t", "\\t")
-        if not s.strip():
-            s = repr(s)                       # a lone space would be an invisible label
+        lead = len(s) - len(s.lstrip(" "))
+        s = "␣" * lead + s[lead:]
         if len(s) > LABEL_CHARS:
             s = s[:LABEL_CHARS - 1] + "…"
         out.append(f"{n}:{s}" if numbered else s)

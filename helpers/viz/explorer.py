@@ -7,6 +7,7 @@ from helpers.viz.plots import (plot_attention, plot_attention_scores, plot_heads
                                plot_overview)
 
 VIEWS = ("scores", "masked", "probs", "grid", "lens", "overview")
+FIT = (11, 6)  # inches: a view plus the controls fits a 1400x900 window at 100 px per inch
 
 
 class Explorer:
@@ -17,8 +18,8 @@ class Explorer:
     to the layer), overview (head statistics of the layers computed so far).
     """
 
-    def __init__(self, weights, args, tokenizer, keep=4):
-        self.weights, self.args, self.tok, self.keep = weights, args, tokenizer, keep
+    def __init__(self, weights, args, tokenizer, keep=4, fit=FIT):
+        self.weights, self.args, self.tok, self.keep, self.fit = weights, args, tokenizer, keep, fit
         self.traces = {}
 
     def trace(self, prompt):
@@ -29,6 +30,19 @@ class Explorer:
         return self.traces[prompt]
 
     def figure(self, prompt, layer=0, head=0, view="probs"):
+        """one view as a Figure, shrunk to fit self.fit inches (smaller tick labels where it had to shrink)."""
+        fig = self._figure(prompt, layer, head, view)
+        w, h = fig.get_size_inches()
+        s = min(1.0, self.fit[0] / w, self.fit[1] / h)
+        fig.set_size_inches(w * s, h * s)
+        if s < 0.8:
+            for ax in fig.axes:
+                ax.tick_params(labelsize=8)
+        return fig
+
+    def _figure(self, prompt, layer, head, view):
+        if not prompt.strip():  # encode("") is not empty (it holds <|begin_of_text|>): say so instead of a 1x1 map
+            raise ValueError("the prompt is empty: type some text into the prompt box")
         if view not in VIEWS:
             raise ValueError(f"view={view!r} is not one of {VIEWS}")
         if not 0 <= head < self.args.n_heads:

@@ -41,12 +41,12 @@ def _key_query_axes(ax, labels, T, S, xlabel, title):
         ax.set_title(title)
 
 
-def _ticks(ax, labels, axis):
+def _ticks(ax, labels, axis, max_size=10.0):
     """Token labels on one axis: thinned past MAX_TICKS, smaller font as they multiply."""
     n = len(labels)
     step = max(1, math.ceil(n / MAX_TICKS))
     pos = list(range(0, n, step))
-    size = max(5.0, min(10.0, 300 / max(len(pos), 1)))
+    size = max(5.0, min(max_size, 300 / max(len(pos), 1)))
     if axis == "x":
         ax.set_xticks(pos, [labels[p] for p in pos], rotation=90, fontsize=size)
     else:
@@ -139,8 +139,9 @@ def plot_mask_softmax(scores, labels, title=None):
     hidden = blocked(T, S)
     masked = scores.float().cpu().masked_fill(hidden, float("-inf"))
     probs = torch.softmax(masked, dim=-1)
-    fig = plt.figure(figsize=(3 * _side(S, hi=6.5) + 2, _side(T, hi=6.5)), layout="constrained")
-    axes = fig.subplots(1, 3)
+    side = min(3.0, _side(S, hi=6.5))                                      # three panels within 11 inches
+    fig = plt.figure(figsize=(3 * side + 2, side * T / S + 1.5), layout="constrained")
+    axes = fig.subplots(1, 3, sharey=True)
     lim = max(float(scores.abs().max()), 1e-9)
     norm = TwoSlopeNorm(0.0, -lim, lim)
     for ax, data, hid, name in ((axes[0], scores, None, "scores  q·k/√d"),
@@ -150,10 +151,10 @@ def plot_mask_softmax(scores, labels, title=None):
             im = heatmap(ax, data, hid, cmap="viridis", vmin=0, vmax=1)
         else:
             im = heatmap(ax, data, hid, cmap="RdBu_r", norm=norm)
-        _ticks(ax, labels, "x")
-        _ticks(ax, labels[S - T:], "y")
+        _ticks(ax, labels, "x", max_size=7.0)
         ax.set_title(name)
         fig.colorbar(im, ax=ax, shrink=0.7)
+    _ticks(axes[0], labels[S - T:], "y", max_size=7.0)                      # shared y: the first panel only
     axes[0].set_ylabel("query")
     axes[1].set_xlabel("key")
     if title:
