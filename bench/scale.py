@@ -11,6 +11,7 @@ Parts:
   probe  allocate anonymous memory until killed: proves the cap is enforced
   ours   helpers.model.forward on the demo prompt (mmap'd bf16, one tensor upcast at a time, last_only),
          greedy decode with the KV cache (helpers.model.generate), and the bandwidth bounds of the same bytes
+  ours_bf16  the same with precision="bf16" (the weight matmuls in bf16, fp32 accumulation; no upcast)
   hf     transformers LlamaForCausalLM in bf16 on the same weights (helpers.reference.hf_model, assigned from
          the mmap: no copy except the wq/wk rows HF orders differently), forward + greedy decode
   naive  torch.load without mmap (every byte read into RAM), then every tensor upcast to fp32
@@ -69,7 +70,7 @@ def bandwidth(weights, reps=3):
     return out
 
 
-def part_ours(a, peak):
+def part_ours(a, peak, precision="fp32"):
     import torch
     from helpers import facts
     from helpers.checkpoint import load_checkpoint
@@ -83,7 +84,7 @@ def part_ours(a, peak):
     peak.stage = "forward"
     with torch.inference_mode():
         for r in range(a.repeat):
-            logits, s = timed(lambda: forward(weights, args, ids, last_only=True, progress=True))
+            logits, s = timed(lambda: forward(weights, args, ids, last_only=True, progress=True, precision=precision))
             res.setdefault("forward_s", []).append(s)
     res["peak_rss_anon_forward"] = peak.peak_anon
     res["logits_finite"] = bool(logits.isfinite().all())
@@ -96,7 +97,7 @@ def part_ours(a, peak):
             stamps.append(time.perf_counter())
             toks.append(t)
         t0 = time.perf_counter()
-        generate(weights, args, tok, ids, a.decode + 1, on_token=on_token, progress=False)
+        generate(weights, args, tok, ids, a.decode + 1, on_token=on_token, progress=False, precision=precision)
         res["decode_tokens"] = toks
         res["prefill_s"] = round(stamps[0] - t0, 3)
         res["decode_s_per_token"] = [round(t1 - t0, 3) for t0, t1 in zip(stamps, stamps[1:])]
@@ -173,7 +174,8 @@ def part_probe(a, peak):
     return {"allocated_gib": len(held) / 4}
 
 
-PARTS = {"probe": part_probe, "ours": part_ours, "hf": part_hf, "naive": part_naive}
+PARTS = {"probe": part_probe, "ours": part_ours, "ours_bf16": lambda a, peak: part_ours(a, peak, "bf16"),
+         "hf": part_hf, "naive": part_naive}
 
 
 def child(a):
@@ -222,10 +224,10 @@ def run_part(part, a, tmp, cap):
     return res
 
 
-def compare(tmp):
-    """ours vs HF on the same weights: top-1 and the largest logit difference."""
+def compare(tmp, ours="ours"):
+    """ours (or ours_bf16) vs HF on the same weights: top-1 and the largest logit difference."""
     import torch
-    a, b = tmp / "ours.logits.pt", tmp / "hf.logits.pt"
+    a, b = tmp / f"{ours}.logits.pt", tmp / "hf.logits.pt"
     if not (a.exists() and b.exists()):
         return None
     x, y = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
@@ -269,9 +271,10 @@ def main(argv=None):
             "torch": torch.__version__, "model_dir": a.model_dir, "cmd": " ".join(sys.argv)}
     print(json.dumps(info), flush=True)
     results = {"info": info, "parts": [run_part(s, a, tmp, cap) for s in parts]}
-    if {"ours", "hf"} <= set(parts):
-        results["ours_vs_hf"] = compare(tmp)
-        print(json.dumps({"ours_vs_hf": results["ours_vs_hf"]}), flush=True)
+    for ours in ("ours", "ours_bf16"):
+        if {ours, "hf"} <= set(parts):
+            results[f"{ours}_vs_hf"] = compare(tmp, ours)
+            print(json.dumps({f"{ours}_vs_hf": results[f"{ours}_vs_hf"]}), flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
 

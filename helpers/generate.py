@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from helpers.device import DEVICE
-from helpers.transformer import FP32_AUTO_LIMIT, as_index, check_tokens, forward, fp32_bytes, fp32_weights
+from helpers.transformer import (FP32_AUTO_LIMIT, as_index, check_precision, check_tokens, forward, fp32_bytes,
+                                 fp32_weights)
 
 # ---- sampling: logits -> the next token
 
@@ -82,7 +83,7 @@ class KVCache:
 
 @torch.inference_mode()
 def generate(weights, args, tokenizer, prompt, max_new_tokens, temperature=0.0, top_k=None, top_p=None,
-             seed=None, stop_tokens=None, progress=None, on_token=None, fp32_copy="auto"):
+             seed=None, stop_tokens=None, progress=None, on_token=None, fp32_copy="auto", precision="fp32"):
     """Continue prompt (text, or a list of ids) with up to max_new_tokens; return the new text only.
 
     Greedy by default; temperature/top_k/top_p sample, reproducibly when seed is given. Stops at
@@ -90,7 +91,9 @@ def generate(weights, args, tokenizer, prompt, max_new_tokens, temperature=0.0, 
     The prompt runs through the model once, filling a KVCache; each new token is then one position.
     fp32_copy: "auto" upcasts the weights once when that copy fits in FP32_AUTO_LIMIT (small models: same
     numbers, no per-token upcasting); True/False force it on/off. The 8B always upcasts per use.
+    precision: "fp32" (exact, default) or "bf16" (weight matmuls in bf16, as forward; no fp32 copy).
     """
+    check_precision(precision)
     if isinstance(prompt, str) and not prompt:
         raise ValueError("empty prompt: give some text (or token ids) to continue")
     ids = tokenizer.encode(prompt) if isinstance(prompt, str) else check_tokens(args, prompt)
@@ -104,7 +107,7 @@ def generate(weights, args, tokenizer, prompt, max_new_tokens, temperature=0.0, 
         raise ValueError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
                          f"the context limit max_seq_len={args.max_seq_len}; shorten one of them")
     stop = set(tokenizer.stop_tokens if stop_tokens is None else stop_tokens)
-    if fp32_copy is True or (fp32_copy == "auto" and fp32_bytes(weights) <= FP32_AUTO_LIMIT):
+    if fp32_copy is True or (fp32_copy == "auto" and precision == "fp32" and fp32_bytes(weights) <= FP32_AUTO_LIMIT):
         weights = fp32_weights(weights)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     cache = KVCache(args, total)
@@ -112,7 +115,7 @@ def generate(weights, args, tokenizer, prompt, max_new_tokens, temperature=0.0, 
     if progress or (progress is None and max_new_tokens >= 64):
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc="tokens", leave=False)
-    logits, pos, out = forward(weights, args, ids, cache, 0, last_only=True), len(ids), []
+    logits, pos, out = forward(weights, args, ids, cache, 0, last_only=True, precision=precision), len(ids), []
     for _ in steps:
         nxt = sample_next(logits[-1], temperature, top_k, top_p, gen)
         if nxt in stop:
@@ -121,6 +124,6 @@ def generate(weights, args, tokenizer, prompt, max_new_tokens, temperature=0.0, 
         if on_token is not None:
             on_token(nxt)
         if len(out) < max_new_tokens:                                       # the last token needs no forward
-            logits = forward(weights, args, [nxt], cache, pos, last_only=True)
+            logits = forward(weights, args, [nxt], cache, pos, last_only=True, precision=precision)
             pos += 1
     return tokenizer.decode(out)
