@@ -196,3 +196,41 @@ def draw_gqa(models, width=WIDTH):
         ax.set_ylim(-0.1, 2.0)
         ax.axis("off")
     return fig, drawn
+
+
+def rope_pairs(args):
+    """pair i of a head: channels (2i, 2i+1), read as one complex number, turned by freq_i per position."""
+    hd = args.head_dim
+    return [(2 * i, 2 * i + 1, args.rope_theta ** (-2 * i / hd)) for i in range(hd // 2)]
+
+
+def draw_rope_pairs(args, width=WIDTH):
+    """one head's head_dim channels -> head_dim/2 complex numbers -> each turned by m·freq_i at position m.
+    Returns (fig, the pairs drawn as (channel, channel, freq))."""
+    pairs = rope_pairs(args)
+    hd, n = args.head_dim, len(pairs)
+    fig = plt.figure(figsize=(width, 3.0))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 0.9))            # data units = inches: the bars fill the width
+    unit = (width - 2.1) / hd                         # width of one channel
+    every = 1 if unit >= 0.25 else -(-0.5 // unit)    # many channels: number every k-th one only
+    small = 7 if unit < 0.33 else FONT
+    colors = [COLORS[i % 10] for i in range(n)]
+    ch_x = draw_blocks(ax, 1.9, 2.0, [unit] * hd, [str(c) if c % every == 0 else "" for c in range(hd)],
+                       [colors[c // 2] for c in range(hd)], fontsize=small)
+    z_x = draw_blocks(ax, 1.9, 0.9, [2 * unit] * n, [f"z{i}" if i % every == 0 else "" for i in range(n)],
+                      colors, fontsize=small)
+    for i, (a, b, _) in enumerate(pairs):
+        for c in (a, b):
+            ax.plot([ch_x[c], z_x[i]], [2.0 - 0.25, 0.9 + 0.25], color=colors[i], lw=0.7)
+    ax.text(0.05, 2.0, f"one head of q or k:\n{hd} channels", va="center", fontsize=FONT)
+    ax.text(0.05, 0.9, f"{n} complex numbers\nz_i = x[2i] + i·x[2i+1]", va="center", fontsize=FONT)
+    f0, f1 = pairs[0][2], pairs[-1][2]
+    ax.text(1.9, 0.2, f"at position m, z_i is multiplied by e^(i·m·freq_i), freq_i = rope_theta^(-2i/head_dim)\n"
+            f"z0 turns {f0:.3g} rad per position, z{n - 1} turns {f1:.3g} rad (rope_theta {args.rope_theta:g})",
+            va="center", fontsize=FONT)
+    fig.suptitle(f"RoPE's pairs: head_dim {hd} = {n} pairs of consecutive channels (Meta's layout)",
+                 fontsize=FONT + 1, x=0.01, ha="left")
+    ax.set_xlim(0, width)
+    ax.set_ylim(-0.2, 2.5)
+    ax.axis("off")
+    return fig, pairs

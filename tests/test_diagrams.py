@@ -105,3 +105,18 @@ def test_empty_input_is_a_clear_error():
         diagrams.draw_architecture({})
     with pytest.raises(ValueError, match="at least one"):
         diagrams.draw_gqa({})
+
+
+@pytest.mark.parametrize("params", [dict(dim=128, n_heads=4), dict(dim=4096, n_heads=32), dict(dim=96, n_heads=6)])
+def test_rope_pairs_are_consecutive_channels_with_the_model_frequencies(params):
+    from helpers.model import rope_frequencies
+    args = ModelArgs(**params, n_layers=1, vocab_size=256, rope_theta=500000.0)
+    fig, pairs = diagrams.draw_rope_pairs(args)
+    hd = args.head_dim
+    x = torch.arange(hd, dtype=torch.float32)                             # channel c holds the value c
+    z = torch.view_as_complex(x.reshape(-1, 2))                           # how apply_rope reads the pairs
+    assert [(a, b) for a, b, _ in pairs] == [(int(c.real), int(c.imag)) for c in z]
+    torch.testing.assert_close(torch.tensor([f for _, _, f in pairs]), rope_frequencies(args))
+    assert len(fig.axes[0].lines) == hd                                   # one line from each channel
+    assert fig.get_size_inches()[0] <= 11
+    plt.close(fig)

@@ -271,6 +271,24 @@ def test_long_prompt_labels_are_thinned(run, tok):
     assert min(t.get_fontsize() for t in ticks) >= 5
 
 
+def test_figures_fit_notebook_width(run, tok):
+    """no figure wider than 11 inches, however long the prompt or many the heads: JupyterLab would shrink
+    a wider one, labels and all"""
+    weights, args, _, c = run
+    ids = tok.encode(" ".join(["to be or not"] * 30))
+    T = len(ids)
+    attn = torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1.0)[:, None]
+    labels = viz.token_labels(tok, ids)
+    many = viz.head_stats(torch.rand(32, 32, 8, 8))                    # an 8B-sized layers x heads grid
+    figs = [viz.plot_attention(attn, labels), viz.plot_attention_scores(attn, labels),
+            viz.plot_mask_softmax(attn, labels), viz.plot_heads(attn[None].expand(32, T, T), labels),
+            viz.plot_overview(many), viz.plot_rope_rotation(torch.ones(4, 8, dtype=torch.complex64), [0, 1, 2, 3, 4],
+                                                            torch.arange(4))]
+    for fig in figs:
+        assert fig.get_size_inches()[0] <= viz.MAX_WIDTH + 1e-6, fig.get_size_inches()
+    plt.close("all")
+
+
 def test_explorer_views_and_errors(run, tok):
     weights, args, _, c = run
     ex = viz.Explorer(weights, args, tok)

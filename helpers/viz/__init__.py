@@ -11,14 +11,15 @@ from helpers.viz.data import (LABEL_CHARS, SHORT_SPECIAL, STATS, Trace, blocked,
                               head_stats, head_types, induction_stat, layer_labels, lens_table, logit_lens, stats_table,
                               token_labels, too_big, top_heads)
 from helpers.viz.explorer import FIT, VIEWS, Explorer
-from helpers.viz.plots import (MASKED, MAX_TICKS, heatmap, plot_attention, plot_attention_scores, plot_heads,
+from helpers.viz.plots import (MASKED, MAX_TICKS, MAX_WIDTH, heatmap, plot_attention, plot_attention_scores, plot_heads,
                                plot_logit_lens, plot_mask_softmax, plot_overview)
 from helpers.viz.rope_norm import (head_qk, norm_stages, plot_norm_hist, plot_rope_distance, plot_rope_rotation,
                                    plot_rope_spectrum, rope_distance_scores, rope_spectrum, rope_trajectory)
 
-__all__ = ["FIT", "LABEL_CHARS", "MASKED", "MAX_TICKS", "SHORT_SPECIAL", "STATS", "VIEWS", "Explorer", "Trace",
-           "blocked", "collect", "collect_bytes", "head_qk", "head_stats", "head_types", "heatmap", "induction_stat",
-           "layer_labels", "lens_table", "logit_lens", "norm_stages", "plot_attention", "plot_attention_scores",
-           "plot_heads", "plot_logit_lens", "plot_mask_softmax", "plot_norm_hist", "plot_overview",
-           "plot_rope_distance", "plot_rope_rotation", "plot_rope_spectrum", "rope_distance_scores", "rope_spectrum",
-           "rope_trajectory", "stats_table", "token_labels", "too_big", "top_heads"]
+__all__ = ["FIT", "LABEL_CHARS", "MASKED", "MAX_TICKS", "MAX_WIDTH", "SHORT_SPECIAL", "STATS", "VIEWS",
+           "Explorer", "Trace", "blocked", "collect", "collect_bytes", "head_qk", "head_stats", "head_types",
+           "heatmap", "induction_stat", "layer_labels", "lens_table", "logit_lens", "norm_stages",
+           "plot_attention", "plot_attention_scores", "plot_heads", "plot_logit_lens", "plot_mask_softmax",
+           "plot_norm_hist", "plot_overview", "plot_rope_distance", "plot_rope_rotation", "plot_rope_spectrum",
+           "rope_distance_scores", "rope_spectrum", "rope_trajectory", "stats_table", "token_labels",
+           "too_big", "top_heads"]

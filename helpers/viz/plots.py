@@ -14,6 +14,7 @@ from matplotlib.patches import Rectangle
 from helpers.viz.data import STATS, blocked, layer_labels, token_labels
 
 MAX_TICKS = 48           # more tokens than this: label every k-th one
+MAX_WIDTH = 11.0         # inches: wider figures are shrunk (JupyterLab would shrink them anyway, labels and all)
 MASKED = "0.88"          # grey of masked (blocked) cells, drawn hatched
 
 # tokens come from every script; a glyph the font lacks draws as a box, which needs no warning per figure
@@ -92,10 +93,16 @@ def _check_labels(labels, S):
                          "(viz.token_labels(tok, ids))")
 
 
+def figure(w, h):
+    """a constrained-layout figure of w x h inches, scaled down as a whole to at most MAX_WIDTH wide."""
+    s = min(1.0, MAX_WIDTH / w)
+    return plt.figure(figsize=(w * s, h * s), layout="constrained")
+
+
 def _new(ax, w, h):
     if ax is not None:
         return ax.figure, ax
-    fig = plt.figure(figsize=(w, h), layout="constrained")
+    fig = figure(w, h)
     return fig, fig.add_subplot()
 
 
@@ -140,7 +147,7 @@ def plot_mask_softmax(scores, labels, title=None):
     masked = scores.float().cpu().masked_fill(hidden, float("-inf"))
     probs = torch.softmax(masked, dim=-1)
     side = min(3.0, _side(S, hi=6.5))                                      # three panels within 11 inches
-    fig = plt.figure(figsize=(3 * side + 2, side * T / S + 1.5), layout="constrained")
+    fig = figure(3 * side + 2, side * T / S + 1.5)
     axes = fig.subplots(1, 3, sharey=True)
     lim = max(float(scores.abs().max()), 1e-9)
     norm = TwoSlopeNorm(0.0, -lim, lim)
@@ -171,8 +178,7 @@ def plot_heads(attn, labels, title=None, cols=None):
     rows = math.ceil(H / cols)
     cell = min(3.2, max(1.6, 0.12 * S + 1.0), 20 / cols)    # whole grid at most ~20 inches wide
     show_labels = S <= 24
-    fig = plt.figure(figsize=(cols * cell + 1.0 + 0.6 * show_labels, rows * cell + 0.6 + 0.8 * show_labels),
-                     layout="constrained")
+    fig = figure(cols * cell + 1.0 + 0.6 * show_labels, rows * cell + 0.6 + 0.8 * show_labels)
     axes = fig.subplots(rows, cols, squeeze=False)
     hidden = blocked(T, S)
     top = _vmax(attn)
@@ -203,7 +209,7 @@ def plot_overview(stats, keys=STATS, title=None):
     h = min(8.0, max(2.4, 0.2 * L + 1.2))
     cols = len(keys) if len(keys) * w <= 20 else math.ceil(len(keys) / 2)   # wide models: two rows
     rows = math.ceil(len(keys) / cols)
-    fig = plt.figure(figsize=(cols * w + 0.5, rows * h + 0.4), layout="constrained")
+    fig = figure(cols * w + 0.5, rows * h + 0.4)
     axes = fig.subplots(rows, cols, squeeze=False).flatten()
     for ax in axes[len(keys):]:
         ax.set_axis_off()

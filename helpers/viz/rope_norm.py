@@ -6,12 +6,11 @@ plot_norm_hist draw them.
 import dataclasses
 import math
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from helpers.transformer import DEVICE, apply_rope, linear, rms_norm, rope_frequencies, rope_rotations
-from helpers.viz.plots import _new, _np
+from helpers.viz.plots import _new, _np, figure
 
 
 # ---------------------------------------------------------------- RoPE
@@ -71,7 +70,7 @@ def norm_stages(x, weight, eps):
 def plot_rope_rotation(traj, pairs, positions, title=None):
     """traj [P, head_dim/2] complex (rope_trajectory): the chosen pairs' paths in the complex plane."""
     pos = _np(torch.as_tensor(positions))
-    fig = plt.figure(figsize=(3.3 * len(pairs) + 0.8, 3.6), layout="constrained")
+    fig = figure(3.3 * len(pairs) + 0.8, 3.6)
     axes = fig.subplots(1, len(pairs), squeeze=False)[0]
     for ax, j in zip(axes, pairs):
         z = traj[:, j]
@@ -127,7 +126,7 @@ def plot_rope_distance(distances, curves, title=None, ylabel="q·k / √head_dim
 
 def plot_norm_hist(stages, title=None, bins=80):
     """Histograms of all values before RMSNorm, after dividing by the rms, and after the weight."""
-    fig = plt.figure(figsize=(11, 3.3), layout="constrained")
+    fig = figure(11, 3.3)
     axes = fig.subplots(1, 3, sharey=True)
     for ax, key, name in zip(axes, ("before", "normed", "after"),
                              ("before: the residual stream", "÷ rms (every row: rms ≈ 1)",
