@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from helpers.files import write_json  # noqa: E402
 from helpers.measure import (MemoryCgroup, PeakRss, cached_bytes, drop_cache, my_cgroup, parse_size,  # noqa: E402
                              proc_status, timed, warm_cache)
 
@@ -276,7 +277,7 @@ def main(argv=None):
             results[f"{ours}_vs_hf"] = compare(tmp, ours)
             print(json.dumps({f"{ours}_vs_hf": results[f"{ours}_vs_hf"]}), flush=True)
     if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=1))
+        write_json(a.json, results)
 
 
 if __name__ == "__main__":

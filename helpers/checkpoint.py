@@ -15,7 +15,7 @@ from helpers.hf import load_hf_dir
 from helpers.model_dir import (DEFAULT_DIR, ROOT, SHARD, check_not_bundled, layout, meta_shards,  # noqa: F401
                                resolve_dir)
 from helpers.params import CheckpointError, ModelArgs  # noqa: F401  (re-exported: import them from here)
-from helpers.shards import load_shards
+from helpers.shards import load_shards, remove_stale_shards
 from helpers.state_dict import DTYPES, check_weights, expected_shapes, is_tied, load_state_dict  # noqa: F401
 from helpers.tokenizer import count_tokens, tokenizer_file
 
@@ -82,11 +82,14 @@ def check_tokenizer_fits(model_dir, args, source):
 
 
 def write_checkpoint(out_dir, args, weights, tokenizer=None, overwrite_bundled=False):
-    """params.json + consolidated.00.pth (+ a copy of tokenizer.model if given), each replaced atomically."""
+    """params.json + consolidated.00.pth (+ a copy of tokenizer.model if given), each replaced atomically.
+    weights may be a lazily merged multi-shard dict: it is merged here, the whole model at once."""
     check_not_bundled(out_dir, overwrite_bundled)
+    weights = weights if isinstance(weights, dict) else dict(weights.items())
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "consolidated.00.pth", lambda p: torch.save(weights, p))
+    remove_stale_shards(out, 1)                                 # an older N-shard split would shadow it
     write_json(out / "params.json", args.to_params())
     if tokenizer is not None:
         atomic_write(out / "tokenizer.model", lambda p: shutil.copyfile(tokenizer, p))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from helpers.files import write_json
 from helpers.model import FP32_AUTO_LIMIT, forward, fp32_bytes, fp32_weights
 
 
@@ -212,7 +213,7 @@ def main():
         stats = json.loads(path.read_text())
         stats["heldout_eval"] = {"command": "python -m helpers.evaluate --record",
                                  "sha256": sha256(DEFAULT_DIR / "consolidated.00.pth"), **out}
-        path.write_text(json.dumps(stats, indent=2) + "\n")
+        write_json(path, stats)
 
 
 if __name__ == "__main__":

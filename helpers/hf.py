@@ -104,6 +104,10 @@ def args_from_config(config, source="config.json"):
     missing = [k for k in need if k not in config]
     if missing:
         raise CheckpointError(f"{source}: missing key(s) {missing}; use the config.json of the download")
+    for k in need:  # checked here: the shapes below are computed from them before ModelArgs checks the rest
+        if not isinstance(config[k], int) or isinstance(config[k], bool) or config[k] <= 0:
+            raise CheckpointError(f"{source}: {k}={config[k]!r} must be a positive integer (a JSON number without "
+                                  "quotes); use the config.json of the download")
     dim, n_heads = config["hidden_size"], config["num_attention_heads"]
     unsupported = {k: config[k] for k, ok in (("hidden_act", "silu"), ("attention_bias", False),
                                               ("mlp_bias", False)) if config.get(k, ok) != ok}

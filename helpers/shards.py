@@ -120,6 +120,14 @@ def split_weights(weights, args, world):
     return [rank_weights(weights, args, world, r) for r in range(world)]
 
 
+def remove_stale_shards(out, world):
+    """after writing `world` shards: drop consolidated.NN.pth with NN >= world, left by an older, larger
+    split, which would make the dir load as a checkpoint of mixed shards."""
+    for p in Path(out).glob("consolidated.*.pth"):
+        if SHARD.fullmatch(p.name) and int(p.name[13:15]) >= world:
+            p.unlink()
+
+
 def write_shards(out_dir, args, weights, world, tokenizer=None, overwrite_bundled=False):
     """params.json + consolidated.00.pth ... (world files), each replaced atomically; shards of an older,
     larger split are removed. One rank's slices are in memory at a time."""
@@ -129,9 +137,7 @@ def write_shards(out_dir, args, weights, world, tokenizer=None, overwrite_bundle
     out.mkdir(parents=True, exist_ok=True)
     for r in range(world):  # rank r's slices exist only while its file is written
         atomic_write(out / shard_name(r), lambda p, r=r: torch.save(rank_weights(weights, args, world, r), p))
-    for p in out.glob("consolidated.*.pth"):
-        if SHARD.fullmatch(p.name) and int(p.name[13:15]) >= world:
-            p.unlink()
+    remove_stale_shards(out, world)
     write_json(out / "params.json", args.to_params())
     if tokenizer is not None:
         atomic_write(out / "tokenizer.model", lambda p: shutil.copyfile(tokenizer, p))

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 
 from helpers.checkpoint import SHARD, CheckpointError, load_state_dict, read_params
+from helpers.files import atomic_write
+from helpers.reference import free_port
 from helpers.model import DEVICE, attention, feed_forward, fp32, linear, rms_norm, rope_rotations
 from helpers.shards import check_world, rank_shapes, shard_name
 
@@ -150,13 +152,6 @@ def meta_rank_logits(shard, args, tokens, world):
     return meta_logits(meta_model(shard, args, max_seq_len=len(tokens)), tokens)
 
 
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(model_dir, world, tokens, out, meta=False, timeout=300):
     """Start world local processes (ranks 0..world-1, gloo over loopback), wait; rank 0's {logits, stats}."""
     out = Path(out)
@@ -200,7 +195,7 @@ def main(argv=None):
     tokens = [int(t) for t in a.tokens.split(",")]
     logits, stats = run_rank(a.dir, tokens, a.meta)
     if int(os.environ["RANK"]) == 0:
-        torch.save({"logits": logits.float().cpu(), "stats": stats}, a.out)
+        atomic_write(a.out, lambda p: torch.save({"logits": logits.float().cpu(), "stats": stats}, p))
 
 
 if __name__ == "__main__":

@@ -287,7 +287,8 @@ def fp32_bytes(weights):
     multi-shard dict (helpers.shards) is counted from its shapes: merging every tensor to count it would
     hold the whole model in memory at once."""
     if hasattr(weights, "shape"):
-        return sum(4 * math.prod(weights.shape(name)) for name in weights)
+        stored = {weights.layout[name][0]: name for name in weights}             # a tied output is stored once
+        return sum(4 * math.prod(weights.shape(name)) for name in stored.values())
     return sum(4 * t.numel() for t in {id(t): t for t in weights.values()}.values())
 
 

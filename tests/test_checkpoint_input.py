@@ -100,6 +100,9 @@ def test_model_args_checks_without_a_file():
     ("rms_norm_eps", "1e-5", r"config.json: rms_norm_eps='1e-5' must be a positive finite number, not a str"),
     ("num_key_value_heads", 2.0, r"config.json: num_key_value_heads=2.0 must be a positive integer, not a float"),
     ("rope_theta", -1, r"config.json: rope_theta=-1 must be a positive finite number"),
+    ("hidden_size", "64", r"config.json: hidden_size='64' must be a positive integer"),        # before dim // heads
+    ("num_attention_heads", 0, r"config.json: num_attention_heads=0 must be a positive integer"),
+    ("intermediate_size", 176.0, r"config.json: intermediate_size=176.0 must be a positive integer"),
 ])
 def test_bad_hf_config_value_is_named_by_its_hf_key(tmp_path, key, value, match):
     from helpers import hf

@@ -96,6 +96,27 @@ def test_fp32_size_is_counted_without_merging(tmp_path, monkeypatch):
     assert merges == []
 
 
+def test_write_checkpoint_merges_shards_and_drops_stale_ones(tmp_path):
+    """shards -> one file in the same dir: the old consolidated.01.pth must not shadow the new .00"""
+    from helpers.checkpoint import write_checkpoint
+    d, weights, args = write(tmp_path, SMALL, 2)
+    w, _ = load_checkpoint(d)                                         # lazily merged
+    out = write_checkpoint(tmp_path / "one", args, w)
+    again, _ = load_checkpoint(out)
+    assert isinstance(again, dict) and all(torch.equal(again[k], weights[k]) for k in weights)
+    write_checkpoint(d, args, dict(weights))                          # over the 2-shard dir itself
+    assert sorted(p.name for p in d.glob("*.pth")) == ["consolidated.00.pth"]
+    assert torch.equal(load_checkpoint(d)[0]["layers.1.feed_forward.w2.weight"],
+                       weights["layers.1.feed_forward.w2.weight"])
+
+
+def test_fp32_size_counts_a_tied_table_once(tmp_path):
+    from helpers.model import fp32_bytes
+    d, weights, args = write(tmp_path, dict(SMALL, tied=True), 2)
+    w, _ = load_checkpoint(d)
+    assert fp32_bytes(w) == fp32_bytes(weights)                       # the dict shares one tensor
+
+
 def rss_anon():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon"))
