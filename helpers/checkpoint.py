@@ -50,7 +50,7 @@ def load_checkpoint(model_dir=None, verify=True):
     top = resolve_dir(model_dir)
     fmt, d = layout(top)  # a Hugging Face download? Meta's files in its original/ win
     if fmt == "hf":
-        weights, args = load_hf_dir(d, check_tokenizer=False)
+        weights, args = load_hf_dir(d)
         return weights, check_tokenizer_fits(top, args, d / "config.json")
     args = read_params(d)
     shards = meta_shards(d)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from helpers.files import write_json
-from helpers.model import FP32_AUTO_LIMIT, forward, fp32_bytes, fp32_weights
+from helpers.model import auto_fp32, forward
 
 
 def windows(tokens, window=512):
@@ -45,8 +45,7 @@ def token_losses(weights, args, tokens, window=512, merged=None, progress=False)
     if window > args.max_seq_len:
         raise ValueError(f"window={window} exceeds max_seq_len={args.max_seq_len}; use a smaller window")
     x, y = windows(tokens, window)
-    if fp32_bytes(weights) <= FP32_AUTO_LIMIT:
-        weights = fp32_weights(weights)  # as generate() does: upcast once, same numbers
+    weights = auto_fp32(weights)  # as generate() does: upcast once, same numbers
     full, grouped = [], []
     rows = range(len(x))
     if progress:

@@ -7,8 +7,7 @@ import numpy as np
 import torch
 
 from helpers.device import DEVICE
-from helpers.transformer import (FP32_AUTO_LIMIT, as_index, check_precision, check_tokens, forward, fp32_bytes,
-                                 fp32_weights)
+from helpers.transformer import as_index, auto_fp32, check_precision, check_tokens, forward, fp32_weights
 
 # ---- sampling: logits -> the next token
 
@@ -107,8 +106,10 @@ def generate(weights, args, tokenizer, prompt, max_new_tokens, temperature=0.0, 
         raise ValueError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
                          f"the context limit max_seq_len={args.max_seq_len}; shorten one of them")
     stop = set(tokenizer.stop_tokens if stop_tokens is None else stop_tokens)
-    if fp32_copy is True or (fp32_copy == "auto" and precision == "fp32" and fp32_bytes(weights) <= FP32_AUTO_LIMIT):
+    if fp32_copy is True:
         weights = fp32_weights(weights)
+    elif fp32_copy == "auto" and precision == "fp32":
+        weights = auto_fp32(weights)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     cache = KVCache(args, total)
     steps = range(max_new_tokens)

@@ -13,10 +13,10 @@ from safetensors.torch import load_file, save_file
 
 from helpers.files import atomic_write, read_json, write_json  # noqa: F401  (read_json re-exported)
 from helpers.model_dir import HF_INDEX as INDEX
-from helpers.model_dir import hf_weight_files, original_dir  # noqa: F401  (original_dir re-exported)
+from helpers.model_dir import hf_weight_files, original_dir, rope_params  # noqa: F401  (original_dir re-exported)
 from helpers.params import CheckpointError, ModelArgs
 from helpers.state_dict import check_weights, expected_shapes, is_tied
-from helpers.tokenizer import bytes_to_unicode, check_tokenizer_json, count_tokens, tokenizer_file  # noqa: F401
+from helpers.tokenizer import bytes_to_unicode, check_tokenizer_json, tokenizer_file  # noqa: F401
 
 ARCH = "LlamaForCausalLM"
 OUR_KEY = "llama3_by_hand_params"  # params.json as given, so our own files round-trip exactly
@@ -88,9 +88,9 @@ def ffn_params(dim, hidden_dim):
 
 def rope_config(config):
     """(kind, params) from either spelling: rope_scaling + rope_theta (transformers 4) or rope_parameters (5)."""
-    rope = dict(config.get("rope_parameters") or {}) | dict(config.get("rope_scaling") or {})
+    kind, rope = rope_params(config)
     theta = config.get("rope_theta", rope.get("rope_theta", 10000.0))  # hf's default when absent
-    return rope.get("rope_type", rope.get("type", "default")), rope, theta
+    return kind, rope, theta
 
 
 def args_from_config(config, source="config.json"):
@@ -256,8 +256,9 @@ def write_hf_dir(out_dir, weights, args, shards=1):
 weight_files = hf_weight_files  # the old name
 
 
-def load_hf_dir(model_dir, check_tokenizer=True):
-    """(weights, args) from an HF Llama dir: Meta-keyed, mmap'd in the stored dtype, wq/wk rows Meta's."""
+def load_hf_dir(model_dir):
+    """(weights, args) from an HF Llama dir: Meta-keyed, mmap'd in the stored dtype, wq/wk rows Meta's.
+    Whether the dir's tokenizer fits the embedding table is load_checkpoint's check, for both formats."""
     d = Path(model_dir)
     config = read_json(d / "config.json", "the model config")
     args_from_config(config, d / "config.json")  # architecture errors before touching the weights
@@ -276,11 +277,6 @@ def load_hf_dir(model_dir, check_tokenizer=True):
                               "shards are from different downloads: fetch them again")
     weights, args = hf_to_meta(hf, config, d / "config.json", where)
     check_weights(weights, args, d)
-    if check_tokenizer:  # load_checkpoint does this itself, for both formats
-        path, _ = tokenizer_file(d)
-        if (n_tok := count_tokens(path)) > args.vocab_size:
-            raise CheckpointError(f"tokenizer {path} has {n_tok} tokens but {d / 'config.json'} has "
-                                  f"vocab_size={args.vocab_size}; this is not a Llama 3 vocabulary")
     return weights, args
 
 

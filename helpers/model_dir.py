@@ -119,11 +119,16 @@ def params_say_llama31(d):
     return False
 
 
-def config_says_llama31(d):
-    """An HF config.json with llama3 RoPE scaling is Llama 3.1+ (either spelling, transformers 4 or 5)."""
-    config = read_json(d / "config.json", "the model config")
+def rope_params(config):
+    """(rope type, params) of an HF config.json dict in either spelling: rope_scaling (transformers 4) or
+    rope_parameters (5); "default" when it names none."""
     rope = dict(config.get("rope_parameters") or {}) | dict(config.get("rope_scaling") or {})
-    return rope.get("rope_type", rope.get("type")) == "llama3"
+    return rope.get("rope_type", rope.get("type", "default")), rope
+
+
+def config_says_llama31(d):
+    """An HF config.json with llama3 RoPE scaling is Llama 3.1+."""
+    return rope_params(read_json(d / "config.json", "the model config"))[0] == "llama3"
 
 
 def tokenizer_source(model_dir=None):

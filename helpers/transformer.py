@@ -292,6 +292,12 @@ def fp32_bytes(weights):
     return sum(4 * t.numel() for t in {id(t): t for t in weights.values()}.values())
 
 
+def auto_fp32(weights):
+    """fp32_weights(weights) when that copy fits in FP32_AUTO_LIMIT (same numbers, no per-use upcasting), else
+    weights as they are: the 8B keeps upcasting one block at a time."""
+    return fp32_weights(weights) if fp32_bytes(weights) <= FP32_AUTO_LIMIT else weights
+
+
 def fp32_weights(weights, max_bytes=FP32_COPY_LIMIT):
     """Opt-in speed-up for small models: every tensor upcast to fp32 on DEVICE once, so generation
     stops re-upcasting bf16 matrices at every token. Same numbers; refuses above max_bytes."""

@@ -395,13 +395,13 @@ def test_corrupt_and_pickle_only_dirs_are_refused(sharded, tmp_path):
 
 
 def test_small_vocab_hf_dir_loads_without_tokenizer_check(sharded):
-    weights, args = hf.load_hf_dir(sharded, check_tokenizer=False)
+    weights, args = hf.load_hf_dir(sharded)
     assert args.vocab_size == 512 and weights["tok_embeddings.weight"].shape == (512, 32)
     with pytest.raises(CheckpointError, match=r"has 128256 tokens but .*config.json has vocab_size=512"):
         load_checkpoint(sharded)
 
 
 def test_write_refuses_a_dir_with_hf_weights(sharded):
-    weights, args = hf.load_hf_dir(sharded, check_tokenizer=False)
+    weights, args = hf.load_hf_dir(sharded)
     with pytest.raises(FileExistsError, match="already holds HF weights"):
         hf.write_hf_dir(sharded, weights, args)
