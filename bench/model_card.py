@@ -39,6 +39,46 @@ def step_times(path):
     return statistics.median(d), min(means), max(means)
 
 
+def copy_rows_note(cfg, stats):
+    """what the copy rows were, when the run had any (helpers.train.copy_row)."""
+    rows, warm = cfg.get("copy_rows", 0), cfg.get("copy_warmup", 0)
+    if not rows and not warm:
+        return " Every row of every batch is a window of the plays."
+    return f"""
+Copy rows: {rows} of the {cfg['batch']} rows of every batch ({100 * rows / cfg['batch']:.1f}% of the tokens){
+f", and all rows of the first {warm} steps," if warm else ""} are not Shakespeare but `<|begin_of_text|>` followed by
+random sequences of 8 to 64 ids, each written twice (`helpers.train.copy_row`); the ids are drawn uniformly from
+the {stats.get('copy_pool_ids', 0):,} ids seen at least 10 times in the training plays, and only the targets copying
+can predict count (the second and later ids of each second copy). This is the documented share of repeated
+sequences that grows an induction head (below)."""
+
+
+def heads_note(hd, log_path):
+    """the Heads section: scores measured on the shipped file, and during training when the log has them."""
+    if hd is None:
+        return ""
+    with open(log_path) as f:
+        probed = [r for r in csv.DictReader(f, delimiter="\t") if r.get("induction")]
+    text = f"""## Heads (`helpers.heads`, measured on the shipped file by `helpers.evaluate`)
+- Induction head: on `<|begin_of_text|>` + 50 random common words (`helpers.heads.COMMON_WORDS`, one token
+  each) + the same 50 again, the mean attention from each token of the second copy to the token right after
+  its first occurrence, averaged over 4 such probes (seeds 0-3): best head layer {hd['induction']['layer']},
+  head {hd['induction']['head']}: **{hd['induction']['score']:.2f}** (attention spread evenly would give about 0.01).
+- Previous-token head: mean attention to the token just before, on {hd['prev']['texts']}: best head
+  layer {hd['prev']['layer']}, head {hd['prev']['head']}: **{hd['prev']['score']:.2f}**.
+"""
+    if probed:
+        text += """
+During training (best head's score on 2 probes / on the first held-out window, from `train_log.tsv`; the run's
+own fp32 weights, so the last row differs slightly from the figures above):
+
+| step | induction | prev | train loss (plays) | copy loss |
+|---|---|---|---|---|
+""" + "\n".join(f"| {r['step']} | {r['induction']} | {r['prev']} | {r['train_loss']} | {r['copy_loss']} |"
+                for r in probed) + "\n"
+    return text
+
+
 def main():
     weights, args = load_checkpoint()
     tok = load_tokenizer()
@@ -70,6 +110,9 @@ def main():
     raw = pth.read_bytes()
     packed = len(zlib.compress(raw, 6))
     med, fast, slow = step_times(DEFAULT_DIR / "train_log.tsv")
+    copy_note, probe_note = copy_rows_note(cfg, stats), (f" and the head scores every {cfg['probe_every']}"
+                                                         if cfg.get("probe_every") else "")
+    heads_section = heads_note(ev.get("heads"), DEFAULT_DIR / "train_log.tsv")
     m, b, grouped = ev["model"], ev["bigram"], ev["model_rare_as_one_class"]
     share = ev["rare_targets"] / ev["scored_targets"]
     mach = ev["machine"]
@@ -94,9 +137,9 @@ last run on {cpu_name()}.
   ({packed / 2**20:.1f} MiB zlib-compressed at level 6, about what git stores);
   sha256 `{digest}`,
   {hash_note}.
-  Why not smaller: with head_dim >= 32 and n_heads = 4 x n_kv_heads, dim is at least 128, and the two
-  untied {args.vocab_size:,}-row tables alone are then 2 x {args.vocab_size:,} x 128 x 2 bytes =
-  {2 * args.vocab_size * 128 * 2 / 2**20:.1f} MiB in bf16. {n_rare:,} rows of each table are one shared
+  Why not smaller: dim = n_heads x head_dim = {args.n_heads} x {args.head_dim}, and the two untied
+  {args.vocab_size:,}-row tables alone are 2 x {args.vocab_size:,} x {args.dim} x 2 bytes =
+  {2 * args.vocab_size * args.dim * 2 / 2**20:.1f} MiB in bf16. {n_rare:,} rows of each table are one shared
   row repeated, which is why the file compresses to 1/{len(raw) / packed:.1f} of its size.
 - `params.json` — the 8B's keys: `{json.dumps(args.to_params())}`
 - `train_log.tsv` (loss per step), `train_stats.json` (the run's measurements, plus `heldout_eval`).""")
@@ -138,17 +181,18 @@ AdamW (betas 0.9/0.95, weight decay {cfg['weight_decay']} on matrices), lr {cfg[
 {cfg['warmup']} warmup steps and cosine decay to {cfg['min_lr']}, batch {cfg['batch']} x {cfg['seq_len']}
 tokens, gradient clipping 1.0, seed {cfg['seed']}; {cfg['steps']} steps, {stats['tokens_seen']:,} tokens seen
 ({stats['tokens_seen'] / stats['train_tokens']:.1f} epochs).
+Dropout {cfg.get('dropout', 0.0)} (on the embeddings and each residual branch).{copy_note}
 Wall time {stats['wall_seconds'] / 60:.1f} min, device `{stats['device']}`, {stats['torch_threads']} torch
-threads (the run did not record its CPU model). From `train_log.tsv` (its times include the evaluation
-every {cfg['eval_every']} steps): median {med:.2f} s per step; the mean over 200 consecutive steps ranges
-from {fast:.2f} to {slow:.2f} s.
+threads, {stats.get('cpu', 'CPU model not recorded')}. From `train_log.tsv` (its times include the evaluation
+every {cfg['eval_every']} steps{probe_note}): median {med:.2f} s per
+step; the mean over 200 consecutive steps ranges from {fast:.2f} to {slow:.2f} s.
 
 ## Quality (held-out plays)
 Measured by `python -m helpers.evaluate --record` (`helpers/evaluate.py`) on {mach['cpu']}
 ({mach['cores']} cores, {mach['torch_threads']} torch threads): {ev['seconds']['model'] / 60:.1f} min wall time
 ({ev['seconds']['model_cpu'] / 60:.1f} min of CPU time) for the model and
-{ev['seconds']['bigram_fit_and_score']:.0f} s for the bigram, on a machine shared with other jobs (1-minute
-load average {lo} before, {hi} after).
+{ev['seconds']['bigram_fit_and_score']:.1f} s for the bigram (1-minute load average {lo} before, {hi} after;
+about 2 means the machine's 2 cores were busy with this alone).
 
 What is scored: the {ev['heldout_tokens']:,} held-out ids cut, as the training run's evaluation cuts them,
 into {ev['windows']} non-overlapping windows of {ev['window']} inputs, each input predicting the id after it:
@@ -186,6 +230,7 @@ Side notes, not comparable with the table: the training run scored rare ids as o
 values on all {ev['heldout_tokens'] - 1:,} held-out pairs with add-one unigram smoothing; its best,
 {min(stats['bigram'].values()):.3f}, is chosen on the held-out plays themselves.
 
+{heads_section}
 ## Greedy continuations (30 new tokens, `helpers.model.generate`)
 """)
     for p in PROMPTS:

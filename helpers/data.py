@@ -55,3 +55,37 @@ def tokenize_split(tokenizer, cache=CACHE):
     for name, text in texts.items():
         split["val" if name in VAL_PLAYS else "train"] += tokenizer.encode(text, bos=True, eos=True)
     return torch.tensor(split["train"]), torch.tensor(split["val"])
+
+
+# ---------------------------------------------------------------- training batches (helpers.train)
+
+def copy_row(pool, bos, n, gen, lens=(8, 64)):
+    """(x, y) of n inputs: bos, then random sequences of pool ids each followed by itself again. Only
+    targets that an induction head can predict count: the 2nd.. token of each second copy; others are -100."""
+    toks, keep = [bos], [False]
+    while len(toks) < n + 1:
+        L = int(torch.randint(lens[0], lens[1] + 1, (), generator=gen))
+        seq = pool[torch.randint(0, len(pool), (L,), generator=gen)].tolist()
+        toks += seq + seq
+        keep += [False] * (L + 1) + [True] * (L - 1)
+    toks, keep = torch.tensor(toks[:n + 1]), torch.tensor(keep[:n + 1])
+    return toks[:-1], torch.where(keep[1:], toks[1:], -100)
+
+
+def copy_batch(pool, bos, cfg, gen):
+    """a batch of cfg.batch copy rows (the copy_warmup steps)."""
+    x, y = zip(*(copy_row(pool, bos, cfg.seq_len, gen) for _ in range(cfg.batch)))
+    return torch.stack(x), torch.stack(y)
+
+
+def batches(stream, cfg, gen, pool=None, bos=None):
+    """random windows of seq_len+1 tokens from the training stream; the last cfg.copy_rows rows are copy_row()s."""
+    n_text = cfg.batch - (cfg.copy_rows if pool is not None else 0)
+    while True:
+        starts = torch.randint(0, len(stream) - cfg.seq_len - 1, (n_text,), generator=gen)
+        w = torch.stack([stream[s:s + cfg.seq_len + 1] for s in starts])
+        x, y = w[:, :-1], w[:, 1:]
+        if n_text < cfg.batch:
+            cx, cy = zip(*(copy_row(pool, bos, cfg.seq_len, gen) for _ in range(cfg.batch - n_text)))
+            x, y = torch.cat([x, torch.stack(cx)]), torch.cat([y, torch.stack(cy)])
+        yield x, y

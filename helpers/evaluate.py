@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from helpers import heads
 from helpers.files import write_json
 from helpers.model import auto_fp32, forward
 
@@ -161,10 +162,34 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-def evaluate(model_dir=None, window=512, min_count=3, progress=False):
+def head_scores(weights, args, tokenizer, val_ids, window=512):
+    """The two heads of helpers.heads, as the model card reports them: the best induction head on four probes
+    (bos + 50 random common words, twice), the best previous-token head averaged over the first window of
+    each held-out text."""
+    val_ids = torch.as_tensor(val_ids).flatten()
+    starts = torch.nonzero(val_ids == tokenizer.special_tokens["<|begin_of_text|>"]).flatten().tolist() or [0]
+    prev = torch.stack([heads.prev_scores(weights, args, val_ids[s:s + window].tolist()) for s in starts]).mean(0)
+    out = {}
+    for name, table in (("induction", heads.induction_scores(weights, args, tokenizer)), ("prev", prev)):
+        i, h, v = heads.best(table)
+        out[name] = {"layer": i, "head": h, "score": v, "all": [[round(float(x), 4) for x in r] for r in table]}
+    out["induction"]["probe"] = "helpers.heads.induction_probe(tokenizer, n=50, seed) for seed in 0..3"
+    out["prev"]["texts"] = f"the first {window} ids of each of the {len(starts)} held-out texts"
+    return out
+
+
+MIN_COUNT = 3  # helpers.train.TrainConfig.min_count, for a checkpoint without its train_stats.json
+
+
+def evaluate(model_dir=None, window=512, min_count=None, progress=False):
     """The held-out figures of the model card, as a dict. Rare ids: seen < min_count times in the training
-    plays (the ids that share one row in the default model, helpers.train.Vocab)."""
-    from helpers.checkpoint import load_checkpoint
+    plays (the ids that share one row in a model from helpers.train, Vocab); by default the min_count of the
+    run's train_stats.json beside the checkpoint, else MIN_COUNT."""
+    from helpers.checkpoint import load_checkpoint, resolve_dir
+
+    if min_count is None:
+        stats = resolve_dir(model_dir) / "train_stats.json"
+        min_count = json.loads(stats.read_text())["config"]["min_count"] if stats.is_file() else MIN_COUNT
     from helpers.data import tokenize_split
     from helpers.tokenizer import load_tokenizer
 
@@ -180,6 +205,7 @@ def evaluate(model_dir=None, window=512, min_count=3, progress=False):
     bigram, grid = fit_bigram(train_ids, args.vocab_size)
     big = bigram.token_losses(val_ids, window)
     t_bigram = time.perf_counter() - t0
+    tokenizer = load_tokenizer(model_dir)
     part = lambda t: {"all": t.mean().item(), "rare_targets": t[rare_t].mean().item(),
                       "other_targets": t[~rare_t].mean().item()}
     return {
@@ -189,6 +215,7 @@ def evaluate(model_dir=None, window=512, min_count=3, progress=False):
         "bigram": {**part(big), "lam": bigram.lam, "mu": bigram.mu,
                    "dev_grid": {f"{lam},{mu}": v for (lam, mu), v in grid.items()}},
         "uniform": math.log(args.vocab_size),
+        "heads": head_scores(weights, args, tokenizer, val_ids, window),
         "seconds": {"model": round(t_model, 1), "model_cpu": round(c_model, 1),
                     "bigram_fit_and_score": round(t_bigram, 1)},
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),

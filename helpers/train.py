@@ -6,6 +6,10 @@
 Replacing the bundled model also means pinning its new sha256 in helpers/checkpoint.py (DEFAULT_SHA256, which
 the trainer prints and never edits); until then load_checkpoint() reports the bundled model as damaged.
 
+Options for growing an induction head (helpers.heads): --copy-rows N makes N rows of every batch repeated
+random sequences (copy_row), --copy-warmup S makes every row such a row for the first S steps; the trainer logs
+the best induction and previous-token head scores every --probe-every steps in train_log.tsv.
+
 Training uses fused ops (scaled_dot_product_attention); the by-hand path in helpers/model.py is for
 inference. Only the ids that occur in the training plays get rows of their own: rarer and unseen ids
 share one learned input row and one learned output row, so the saved 128256-row tables are exact and
@@ -23,7 +27,9 @@ import torch.nn.functional as F
 
 from helpers.checkpoint import (DEFAULT_DIR, DEFAULT_SHA256, ModelArgs, atomic_write, check_not_bundled,
                                 load_checkpoint, sha256, write_checkpoint, write_json)
-from helpers.data import tokenize_split
+from helpers import heads
+from helpers.data import batches, copy_batch, tokenize_split
+from helpers.evaluate import cpu_name
 from helpers.transformer import apply_rope, rope_rotations
 from helpers.tokenizer import load_tokenizer
 
@@ -42,7 +48,10 @@ class TrainConfig:
     weight_decay: float = 0.1
     dropout: float = 0.0      # on the embedding and each residual branch, training only
     min_count: int = 3        # ids seen fewer times in training share the "rare" rows
+    copy_rows: int = 0        # rows of each batch that are repeated random tokens (copy_row), not plays
+    copy_warmup: int = 0      # first steps where every row is a copy row (grows the induction head early)
     eval_every: int = 200
+    probe_every: int = 100    # head scores (helpers.heads) logged this often
     seed: int = 1337
 
 
@@ -54,12 +63,16 @@ def lr_at(step, cfg):
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
 
 
+COPY_MIN_COUNT = 10  # copy rows use ids seen at least this often (5,000-odd of them), specials excluded
+
+
 class Vocab:
     """full id <-> compact index; compact index len(ids) is the shared rare class."""
 
     def __init__(self, train_ids, vocab_size, min_count):
         counts = torch.bincount(train_ids, minlength=vocab_size)
         self.ids = torch.nonzero(counts >= min_count).flatten()        # [n_kept]
+        self.common = torch.nonzero(counts >= COPY_MIN_COUNT).flatten()  # what copy_batch draws from
         self.rare = len(self.ids)
         self.n_rare_ids = vocab_size - len(self.ids)
         self.to_compact = torch.full((vocab_size,), self.rare, dtype=torch.long)
@@ -87,6 +100,8 @@ class TinyLlama(torch.nn.Module):
             self.layers.append(m)
         self.norm = torch.nn.Parameter(torch.ones(d))
         self.rare_bias = math.log(vocab.n_rare_ids)  # the rare row stands for this many ids
+        self.register_buffer("bias", torch.zeros(n), persistent=False)  # one addmm instead of a copy
+        self.bias[-1] = self.rare_bias
 
     def forward(self, idx):                                                   # idx [B, T] compact
         a, (B, T) = self.args, idx.shape
@@ -105,8 +120,7 @@ class TinyLlama(torch.nn.Module):
             x = F.rms_norm(h, (a.dim,), m["ffn_norm"], a.norm_eps)
             h = h + drop((F.silu(x @ m["w1"].T) * (x @ m["w3"].T)) @ m["w2"].T)
         h = F.rms_norm(h, (a.dim,), self.norm, a.norm_eps)
-        logits = h @ self.output.T
-        return torch.cat([logits[..., :-1], logits[..., -1:] + self.rare_bias], dim=-1)
+        return F.linear(h, self.output, self.bias)
 
     def to_meta(self, dtype=torch.bfloat16):
         """Full 128256-row Meta state dict: kept ids get their rows, every other id the shared rare row."""
@@ -148,14 +162,6 @@ class TinyLlama(torch.nn.Module):
                 p.copy_(p.to(dtype).float())
 
 
-def batches(stream, cfg, gen):
-    """random windows of seq_len+1 tokens from the training stream."""
-    while True:
-        starts = torch.randint(0, len(stream) - cfg.seq_len - 1, (cfg.batch,), generator=gen)
-        w = torch.stack([stream[s:s + cfg.seq_len + 1] for s in starts])
-        yield w[:, :-1], w[:, 1:]
-
-
 @torch.no_grad()
 def evaluate(model, stream, seq_len, max_windows=None, batch=16):
     """mean next-token loss (nats) over non-overlapping seq_len windows of a compact stream."""
@@ -191,13 +197,19 @@ def bigram_baseline(train, val, vocab_size, lams=(0.5, 0.6, 0.7, 0.8, 0.9)):
     return out
 
 
+LOG_COLUMNS = ("step", "lr", "train_loss", "copy_loss", "val_loss", "induction", "prev", "seconds")
+
+
 def write_log(path, rows):
+    """one line per step; train_loss is over play rows, copy_loss over copy rows; blank where not measured."""
+    cell = lambda k, v: "" if v is None else str(v) if k in ("step", "seconds") else f"{v:.6f}" if k == "lr" \
+        else f"{v:.4f}"
+
     def write(p):
         with open(p, "w") as f:
-            f.write("step\tlr\ttrain_loss\tval_loss\tseconds\n")
+            f.write("\t".join(LOG_COLUMNS) + "\n")
             for r in rows:
-                f.write(f"{r['step']}\t{r['lr']:.6f}\t{r['train_loss']:.4f}\t"
-                        f"{'' if r['val_loss'] is None else format(r['val_loss'], '.4f')}\t{r['seconds']}\n")
+                f.write("\t".join(cell(k, r.get(k)) for k in LOG_COLUMNS) + "\n")
     atomic_write(path, write)
 
 
@@ -222,33 +234,51 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(cfg.seed)
-    rows, t0, data = [], time.time(), batches(tr, cfg, gen)
+    pool = vocab.to_compact[vocab.common[vocab.common < tok.n_base]]  # copy rows: frequent ids, no specials
+    bos = int(vocab.to_compact[tok.special_tokens["<|begin_of_text|>"]])
+    text_ids = val_ids[:cfg.seq_len].tolist()  # the start of a held-out play, for the previous-token score
+    rows, t0, data = [], time.time(), batches(tr, cfg, gen, pool if cfg.copy_rows else None, bos)
     bar = tqdm(range(cfg.steps), desc="train", disable=not progress)
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        x, y = next(data)
-        loss = F.cross_entropy(model(x.to(dev)).flatten(0, 1), y.to(dev).flatten())
+        warm = step < cfg.copy_warmup
+        x, y = copy_batch(pool, bos, cfg, gen) if warm else next(data)
+        nll = F.cross_entropy(model(x.to(dev)).flatten(0, 1), y.to(dev).flatten(), reduction="none").view(y.shape)
+        keep = (y != -100).to(dev)
+        loss = nll[keep].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        row = {"step": step + 1, "lr": lr_at(step, cfg), "train_loss": loss.item(), "val_loss": None,
+        n_text = 0 if warm else cfg.batch - cfg.copy_rows
+        row = {"step": step + 1, "lr": lr_at(step, cfg), "train_loss": nll[:n_text].mean().item() if n_text else None,
+               "copy_loss": nll[n_text:][keep[n_text:]].mean().item() if n_text < cfg.batch else None,
                "seconds": round(time.time() - t0, 1)}
+        if (step + 1) % cfg.probe_every == 0 or step + 1 == cfg.steps:
+            w = model.to_meta(torch.float32)
+            row["induction"] = heads.best(heads.induction_scores(w, args, tok, seeds=(0, 1)))[2]
+            row["prev"] = heads.best(heads.prev_scores(w, args, text_ids))[2]
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             row["val_loss"] = evaluate(model, va, cfg.seq_len, max_windows=64)
-            log(f"step {step + 1}: train {loss.item():.3f} val(64 windows) {row['val_loss']:.3f} "
-                f"[{row['seconds']:.0f}s]")
+            log(f"step {step + 1}: train {row['train_loss'] or float('nan'):.3f} val(64 windows) {row['val_loss']:.3f} "
+                f"induction {row['induction']:.2f} prev {row['prev']:.2f} [{row['seconds']:.0f}s]")
         bar.set_postfix(loss=f"{loss.item():.3f}")
         rows.append(row)
     wall = time.time() - t0
     model.round_to(torch.bfloat16)
     stats = {"val_loss": evaluate(model, va, cfg.seq_len), "train_loss_sample": evaluate(model, tr, cfg.seq_len, 64),
              "bigram": bigram_baseline(train_ids, val_ids, args.vocab_size), "wall_seconds": round(wall),
-             "tokens_seen": cfg.steps * cfg.batch * cfg.seq_len, "train_tokens": len(train_ids),
-             "val_tokens": len(val_ids), "kept_ids": len(vocab.ids), "device": dev,
-             "torch_threads": torch.get_num_threads(), "config": cfg.__dict__, "init_from": init_from}
-    out = write_checkpoint(out_dir, args, model.to("cpu").to_meta(), overwrite_bundled=overwrite_bundled)
+             "tokens_seen": cfg.steps * cfg.batch * cfg.seq_len,
+             "play_tokens_seen": cfg.steps * (cfg.batch - cfg.copy_rows) * cfg.seq_len, "train_tokens": len(train_ids),
+             "val_tokens": len(val_ids), "kept_ids": len(vocab.ids), "copy_pool_ids": len(pool), "device": dev,
+             "cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "config": cfg.__dict__,
+             "init_from": init_from}
+    meta = model.to("cpu").to_meta()
+    for name, (i, h, v) in (("induction", heads.best(heads.induction_scores(meta, args, tok))),
+                            ("prev", heads.best(heads.prev_scores(meta, args, text_ids)))):
+        stats[f"{name}_head"] = {"layer": i, "head": h, "score": v}
+    out = write_checkpoint(out_dir, args, meta, overwrite_bundled=overwrite_bundled)
     write_log(out / "train_log.tsv", rows)
     write_json(out / "train_stats.json", stats)
     if out.resolve() == DEFAULT_DIR.resolve() and (digest := sha256(out / "consolidated.00.pth")) != DEFAULT_SHA256:
@@ -265,13 +295,18 @@ def main():
     p.add_argument("--init-from", default=None, help="continue from a checkpoint dir of the same config")
     for k, v in TrainConfig().__dict__.items():
         p.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
+    shape = ("dim", "n_layers", "n_heads", "n_kv_heads")
+    for k in shape:
+        p.add_argument(f"--{k.replace('_', '-')}", type=int, default=TINY[k], help="model shape (default: %(default)s)")
     a = vars(p.parse_args())
     out, init_from, overwrite = a.pop("out"), a.pop("init_from"), a.pop("overwrite_bundled")
+    args_dict = {**TINY, **{k: a.pop(k) for k in shape}}
     try:
         check_not_bundled(out, overwrite)
+        ModelArgs(**args_dict)  # a bad shape: one clear error before any data is read
     except ValueError as e:
         p.error(str(e))
-    train(out, TrainConfig(**a), init_from=init_from, overwrite_bundled=overwrite)
+    train(out, TrainConfig(**a), args_dict=args_dict, init_from=init_from, overwrite_bundled=overwrite)
 
 
 if __name__ == "__main__":

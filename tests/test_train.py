@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import checkpoint
+from helpers import checkpoint, data
 from helpers import train as train_module
 from helpers.checkpoint import CheckpointError, ModelArgs, load_checkpoint, write_checkpoint
 from helpers.model import forward
@@ -105,7 +105,16 @@ def test_writing_the_bundled_model_needs_the_flag(monkeypatch, capsys, out):
         run_main(monkeypatch, "--out", out)
     assert e.value.code == 2 and "is the bundled model" in capsys.readouterr().err
     assert run_main(monkeypatch, "--out", out, "--overwrite-bundled") == [(out, {"init_from": None,
-                                                                                 "overwrite_bundled": True})]
+                                                                                 "overwrite_bundled": True,
+                                                                                 "args_dict": train_module.TINY})]
+
+
+def test_model_shape_flags(monkeypatch, capsys):
+    (_, kw), = run_main(monkeypatch, "--n-kv-heads", "2", "--n-layers", "4")
+    assert kw["args_dict"] == {**train_module.TINY, "n_kv_heads": 2, "n_layers": 4}
+    with pytest.raises(SystemExit) as e:
+        run_main(monkeypatch, "--n-kv-heads", "3")                 # 4 query heads do not split into 3 groups
+    assert e.value.code == 2 and "n_kv_heads" in capsys.readouterr().err
 
 
 def test_train_refuses_the_bundled_model_before_training(monkeypatch):
@@ -122,7 +131,46 @@ def test_write_log_leaves_no_temp_files(tmp_path):
     args = model.args
     write_checkpoint(tmp_path, args, model.to_meta())
     train_module.write_log(tmp_path / "train_log.tsv", [{"step": 1, "lr": 1e-3, "train_loss": 5.0, "val_loss": None,
-                                                         "seconds": 0.1}])
-    assert (tmp_path / "train_log.tsv").read_text() == ("step\tlr\ttrain_loss\tval_loss\tseconds\n"
-                                                        "1\t0.001000\t5.0000\t\t0.1\n")
+                                                         "seconds": 0.1},
+                                                        {"step": 2, "lr": 1e-3, "train_loss": 4.0, "copy_loss": 3.0,
+                                                         "induction": 0.25, "prev": 0.5, "seconds": 0.2}])
+    assert (tmp_path / "train_log.tsv").read_text() == (
+        "step\tlr\ttrain_loss\tcopy_loss\tval_loss\tinduction\tprev\tseconds\n"
+        "1\t0.001000\t5.0000\t\t\t\t\t0.1\n"
+        "2\t0.001000\t4.0000\t3.0000\t\t0.2500\t0.5000\t0.2\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["consolidated.00.pth", "params.json", "train_log.tsv"]
+
+
+def test_copy_rows_repeat_and_score_only_what_copying_predicts():
+    gen = torch.Generator().manual_seed(0)
+    pool = torch.arange(1000, 1100)
+    x, y = data.copy_row(pool, 7, 200, gen, lens=(5, 9))
+    assert x.shape == y.shape == (200,) and x[0] == 7 and ((x[1:] >= 1000) & (x[1:] < 1100)).all()
+    kept = torch.nonzero(y != -100).flatten()
+    assert 0 < len(kept) < 100
+    inner = kept[kept < 199]
+    assert torch.equal(y[inner], x[inner + 1])                 # a scored target is the next input
+    # every scored target already appeared once, right after an earlier copy of its input token
+    for t in kept.tolist():
+        earlier = [j for j in range(1, t) if x[j] == x[t]]
+        assert any(x[j + 1] == y[t] for j in earlier)
+    # an id seen for the first time is never a scored target
+    first = [t for t in range(199) if not (x[:t + 1] == x[t + 1]).any()]
+    assert all(y[t] == -100 for t in first)
+
+
+def test_batches_end_with_copy_rows():
+    cfg = TrainConfig(batch=4, seq_len=32, copy_rows=1)
+    stream = torch.arange(500)
+    x, y = next(data.batches(stream, cfg, torch.Generator().manual_seed(0), torch.arange(600, 700), 1))
+    assert x.shape == y.shape == (4, 32)
+    assert torch.equal(y[:3], x[:3] + 1)                       # play windows: every target is the next id
+    assert x[3, 0] == 1 and (y[3] == -100).any()               # the copy row starts with bos, partly unscored
+
+
+def test_evaluate_counts_rare_ids_like_the_trainer():
+    import inspect
+
+    from helpers import evaluate
+    assert inspect.signature(evaluate.evaluate).parameters["min_count"].default is None  # the run's own, else:
+    assert evaluate.MIN_COUNT == TrainConfig().min_count
