@@ -51,7 +51,7 @@ class TrainConfig:
     copy_rows: int = 0        # rows of each batch that are repeated random tokens (copy_row), not plays
     copy_warmup: int = 0      # first steps where every row is a copy row (grows the induction head early)
     eval_every: int = 200
-    probe_every: int = 100    # head scores (helpers.heads) logged this often
+    probe_every: int = 100    # head scores (helpers.heads) logged this often; 0: never
     seed: int = 1337
 
 
@@ -255,14 +255,15 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
         row = {"step": step + 1, "lr": lr_at(step, cfg), "train_loss": nll[:n_text].mean().item() if n_text else None,
                "copy_loss": nll[n_text:][keep[n_text:]].mean().item() if n_text < cfg.batch else None,
                "seconds": round(time.time() - t0, 1)}
-        if (step + 1) % cfg.probe_every == 0 or step + 1 == cfg.steps:
+        if cfg.probe_every and ((step + 1) % cfg.probe_every == 0 or step + 1 == cfg.steps):
             w = model.to_meta(torch.float32)
             row["induction"] = heads.best(heads.induction_scores(w, args, tok, seeds=(0, 1)))[2]
             row["prev"] = heads.best(heads.prev_scores(w, args, text_ids))[2]
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             row["val_loss"] = evaluate(model, va, cfg.seq_len, max_windows=64)
-            log(f"step {step + 1}: train {row['train_loss'] or float('nan'):.3f} val(64 windows) {row['val_loss']:.3f} "
-                f"induction {row['induction']:.2f} prev {row['prev']:.2f} [{row['seconds']:.0f}s]")
+            heads_now = f" induction {row['induction']:.2f} prev {row['prev']:.2f}" if "induction" in row else ""
+            log(f"step {step + 1}: train {row['train_loss'] or float('nan'):.3f} val(64 windows) {row['val_loss']:.3f}"
+                f"{heads_now} [{row['seconds']:.0f}s]")
         bar.set_postfix(loss=f"{loss.item():.3f}")
         rows.append(row)
     wall = time.time() - t0
@@ -270,7 +271,8 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
     stats = {"val_loss": evaluate(model, va, cfg.seq_len), "train_loss_sample": evaluate(model, tr, cfg.seq_len, 64),
              "bigram": bigram_baseline(train_ids, val_ids, args.vocab_size), "wall_seconds": round(wall),
              "tokens_seen": cfg.steps * cfg.batch * cfg.seq_len,
-             "play_tokens_seen": cfg.steps * (cfg.batch - cfg.copy_rows) * cfg.seq_len, "train_tokens": len(train_ids),
+             "play_tokens_seen": max(0, cfg.steps - cfg.copy_warmup) * (cfg.batch - cfg.copy_rows) * cfg.seq_len,
+             "train_tokens": len(train_ids),
              "val_tokens": len(val_ids), "kept_ids": len(vocab.ids), "copy_pool_ids": len(pool), "device": dev,
              "cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "config": cfg.__dict__,
              "init_from": init_from}
