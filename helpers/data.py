@@ -72,9 +72,9 @@ def copy_row(pool, bos, n, gen, lens=(8, 64)):
     return toks[:-1], torch.where(keep[1:], toks[1:], -100)
 
 
-def copy_batch(pool, bos, cfg, gen):
-    """a batch of cfg.batch copy rows (the copy_warmup steps)."""
-    x, y = zip(*(copy_row(pool, bos, cfg.seq_len, gen) for _ in range(cfg.batch)))
+def copy_batch(pool, bos, cfg, gen, rows=None):
+    """(x, y) [rows, seq_len]: rows copy_row()s, a whole batch (cfg.batch rows) by default."""
+    x, y = zip(*(copy_row(pool, bos, cfg.seq_len, gen) for _ in range(cfg.batch if rows is None else rows)))
     return torch.stack(x), torch.stack(y)
 
 
@@ -86,6 +86,6 @@ def batches(stream, cfg, gen, pool=None, bos=None):
         w = torch.stack([stream[s:s + cfg.seq_len + 1] for s in starts])
         x, y = w[:, :-1], w[:, 1:]
         if n_text < cfg.batch:
-            cx, cy = zip(*(copy_row(pool, bos, cfg.seq_len, gen) for _ in range(cfg.batch - n_text)))
-            x, y = torch.cat([x, torch.stack(cx)]), torch.cat([y, torch.stack(cy)])
+            cx, cy = copy_batch(pool, bos, cfg, gen, cfg.batch - n_text)
+            x, y = torch.cat([x, cx]), torch.cat([y, cy])
         yield x, y

@@ -186,15 +186,15 @@ def evaluate(model_dir=None, window=512, min_count=None, progress=False):
     plays (the ids that share one row in a model from helpers.train, Vocab); by default the min_count of the
     run's train_stats.json beside the checkpoint, else MIN_COUNT."""
     from helpers.checkpoint import load_checkpoint, resolve_dir
+    from helpers.data import tokenize_split
+    from helpers.tokenizer import load_tokenizer
 
     if min_count is None:
         stats = resolve_dir(model_dir) / "train_stats.json"
         min_count = json.loads(stats.read_text())["config"]["min_count"] if stats.is_file() else MIN_COUNT
-    from helpers.data import tokenize_split
-    from helpers.tokenizer import load_tokenizer
-
     weights, args = load_checkpoint(model_dir)
-    train_ids, val_ids = tokenize_split(load_tokenizer(model_dir))
+    tokenizer = load_tokenizer(model_dir)
+    train_ids, val_ids = tokenize_split(tokenizer)
     rare = torch.bincount(train_ids, minlength=args.vocab_size) < min_count  # [vocab_size] bool
     _, y = windows(val_ids, window)
     rare_t = rare[y.flatten()]
@@ -205,7 +205,6 @@ def evaluate(model_dir=None, window=512, min_count=None, progress=False):
     bigram, grid = fit_bigram(train_ids, args.vocab_size)
     big = bigram.token_losses(val_ids, window)
     t_bigram = time.perf_counter() - t0
-    tokenizer = load_tokenizer(model_dir)
     part = lambda t: {"all": t.mean().item(), "rare_targets": t[rare_t].mean().item(),
                       "other_targets": t[~rare_t].mean().item()}
     return {
