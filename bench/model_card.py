@@ -47,10 +47,12 @@ def copy_rows_note(cfg, stats):
     return f"""
 Copy rows: {rows} of the {cfg['batch']} rows of every batch ({100 * rows / cfg['batch']:.1f}% of the tokens){
 f", and all rows of the first {warm} steps," if warm else ""} are not Shakespeare but `<|begin_of_text|>` followed by
-random sequences of 8 to 64 ids, each written twice (`helpers.train.copy_row`); the ids are drawn uniformly from
-the {stats.get('copy_pool_ids', 0):,} ids seen at least 10 times in the training plays, and only the targets copying
-can predict count (the second and later ids of each second copy). This is the documented share of repeated
-sequences that grows an induction head (below)."""
+random sequences of 8 to 64 ids, each written {cfg.get('copy_repeats', 2)} times in a row (`helpers.train.copy_row`);
+the ids are drawn uniformly from the {stats.get('copy_pool_ids', 0):,} {"most frequent ids of" if cfg.get("copy_pool")
+else "ids seen at least 10 times in"} the training plays, and only the targets copying can predict count (all of
+the later copies but the first id of the second).{
+" During the warm-up the softmax runs over those ids only." if warm else ""} This is the documented share of
+repeated sequences meant to grow an induction head (below)."""
 
 
 def heads_note(hd, log_path):

@@ -21,7 +21,7 @@ from helpers.tokenizer import count_tokens, tokenizer_file
 
 # sha256 of the bundled consolidated.00.pth, pinned in code so that nothing that writes checkpoints can
 # rewrite it; retraining the bundled model on purpose means updating this line
-DEFAULT_SHA256 = "ea826959802536d74ae4d5068c6282e03e71ade7a48672f7f3a9a224bd7cd630"
+DEFAULT_SHA256 = "f320e1711eb78f4e7bc439de9070e0480ce17d5ed613530fa82eb2ad262236ee"
 
 
 def read_params(model_dir):

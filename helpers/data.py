@@ -59,22 +59,23 @@ def tokenize_split(tokenizer, cache=CACHE):
 
 # ---------------------------------------------------------------- training batches (helpers.train)
 
-def copy_row(pool, bos, n, gen, lens=(8, 64)):
-    """(x, y) of n inputs: bos, then random sequences of pool ids each followed by itself again. Only
-    targets that an induction head can predict count: the 2nd.. token of each second copy; others are -100."""
+def copy_row(pool, bos, n, gen, lens=(8, 64), repeats=2):
+    """(x, y) of n inputs: bos, then random sequences of pool ids, each written `repeats` times in a row. Only
+    targets that an induction head can predict count: all of the later copies but the 2nd's first token."""
     toks, keep = [bos], [False]
     while len(toks) < n + 1:
         L = int(torch.randint(lens[0], lens[1] + 1, (), generator=gen))
         seq = pool[torch.randint(0, len(pool), (L,), generator=gen)].tolist()
-        toks += seq + seq
-        keep += [False] * (L + 1) + [True] * (L - 1)
+        toks += seq * repeats
+        keep += [False] * (L + 1) + [True] * (L * (repeats - 1) - 1)
     toks, keep = torch.tensor(toks[:n + 1]), torch.tensor(keep[:n + 1])
     return toks[:-1], torch.where(keep[1:], toks[1:], -100)
 
 
 def copy_batch(pool, bos, cfg, gen, rows=None):
     """(x, y) [rows, seq_len]: rows copy_row()s, a whole batch (cfg.batch rows) by default."""
-    x, y = zip(*(copy_row(pool, bos, cfg.seq_len, gen) for _ in range(cfg.batch if rows is None else rows)))
+    n = cfg.batch if rows is None else rows
+    x, y = zip(*(copy_row(pool, bos, cfg.seq_len, gen, repeats=cfg.copy_repeats) for _ in range(n)))
     return torch.stack(x), torch.stack(y)
 
 

@@ -7,8 +7,10 @@ Replacing the bundled model also means pinning its new sha256 in helpers/checkpo
 the trainer prints and never edits); until then load_checkpoint() reports the bundled model as damaged.
 
 Options for growing an induction head (helpers.heads): --copy-rows N makes N rows of every batch repeated
-random sequences (copy_row), --copy-warmup S makes every row such a row for the first S steps; the trainer logs
-the best induction and previous-token head scores every --probe-every steps in train_log.tsv.
+random sequences (copy_row), --copy-warmup S makes every row such a row for the first S steps (with a softmax
+over the copy ids only), --copy-repeats K writes each sequence K times, --copy-pool P draws from the P most
+frequent ids; the trainer logs the best induction and previous-token head scores every --probe-every steps in
+train_log.tsv.
 
 Training uses fused ops (scaled_dot_product_attention); the by-hand path in helpers/model.py is for
 inference. Only the ids that occur in the training plays get rows of their own: rarer and unseen ids
@@ -33,7 +35,7 @@ from helpers.evaluate import cpu_name
 from helpers.transformer import apply_rope, rope_rotations
 from helpers.tokenizer import load_tokenizer
 
-TINY = dict(dim=128, n_layers=6, n_heads=4, n_kv_heads=1, vocab_size=128256, multiple_of=64,
+TINY = dict(dim=128, n_layers=6, n_heads=4, n_kv_heads=2, vocab_size=128256, multiple_of=64,
             ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0)
 
 
@@ -50,6 +52,8 @@ class TrainConfig:
     min_count: int = 3        # ids seen fewer times in training share the "rare" rows
     copy_rows: int = 0        # rows of each batch that are repeated random tokens (copy_row), not plays
     copy_warmup: int = 0      # first steps where every row is a copy row (grows the induction head early)
+    copy_repeats: int = 2     # times each random sequence of a copy row is written
+    copy_pool: int = 0        # copy rows draw from this many most frequent ids; 0: all seen >= COPY_MIN_COUNT times
     eval_every: int = 200
     probe_every: int = 100    # head scores (helpers.heads) logged this often; 0: never
     seed: int = 1337
@@ -73,6 +77,7 @@ class Vocab:
         counts = torch.bincount(train_ids, minlength=vocab_size)
         self.ids = torch.nonzero(counts >= min_count).flatten()        # [n_kept]
         self.common = torch.nonzero(counts >= COPY_MIN_COUNT).flatten()  # what copy_batch draws from
+        self.by_count = torch.argsort(counts, descending=True, stable=True)[:len(self.common)]  # most frequent first
         self.rare = len(self.ids)
         self.n_rare_ids = vocab_size - len(self.ids)
         self.to_compact = torch.full((vocab_size,), self.rare, dtype=torch.long)
@@ -103,7 +108,7 @@ class TinyLlama(torch.nn.Module):
         self.register_buffer("bias", torch.zeros(n), persistent=False)  # one addmm instead of a copy
         self.bias[-1] = self.rare_bias
 
-    def forward(self, idx):                                                   # idx [B, T] compact
+    def forward(self, idx, cols=None):  # idx [B, T] compact; cols: score only these output rows (copy warm-up)
         a, (B, T) = self.args, idx.shape
         hd, rot = a.head_dim, rope_rotations(a, torch.arange(T)).to(idx.device)  # [T, hd/2]
         rotate = lambda x: apply_rope(x, rot)                                 # [B, T, H, hd] broadcasts
@@ -120,7 +125,7 @@ class TinyLlama(torch.nn.Module):
             x = F.rms_norm(h, (a.dim,), m["ffn_norm"], a.norm_eps)
             h = h + drop((F.silu(x @ m["w1"].T) * (x @ m["w3"].T)) @ m["w2"].T)
         h = F.rms_norm(h, (a.dim,), self.norm, a.norm_eps)
-        return F.linear(h, self.output, self.bias)
+        return F.linear(h, self.output, self.bias) if cols is None else h @ self.output[cols].T
 
     def to_meta(self, dtype=torch.bfloat16):
         """Full 128256-row Meta state dict: kept ids get their rows, every other id the shared rare row."""
@@ -234,7 +239,9 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(cfg.seed)
-    pool = vocab.to_compact[vocab.common[vocab.common < tok.n_base]]  # copy rows: frequent ids, no specials
+    common = vocab.by_count[vocab.by_count < tok.n_base]  # copy rows: frequent ids, no specials
+    pool = vocab.to_compact[common[:cfg.copy_pool] if cfg.copy_pool else common.sort().values]
+    in_pool = torch.full((len(vocab.ids) + 1,), -100).index_copy_(0, pool, torch.arange(len(pool)))
     bos = int(vocab.to_compact[tok.special_tokens["<|begin_of_text|>"]])
     text_ids = val_ids[:cfg.seq_len].tolist()  # the start of a held-out play, for the previous-token score
     rows, t0, data = [], time.time(), batches(tr, cfg, gen, pool if cfg.copy_rows else None, bos)
@@ -244,7 +251,11 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
             g["lr"] = lr_at(step, cfg)
         warm = step < cfg.copy_warmup
         x, y = copy_batch(pool, bos, cfg, gen) if warm else next(data)
-        nll = F.cross_entropy(model(x.to(dev)).flatten(0, 1), y.to(dev).flatten(), reduction="none").view(y.shape)
+        if warm:  # every scored target is a pool id: a softmax over the pool rows alone costs far less
+            logits, y = model(x.to(dev), pool.to(dev)), torch.where(y == -100, -100, in_pool[y.clamp(min=0)])
+        else:
+            logits = model(x.to(dev))
+        nll = F.cross_entropy(logits.flatten(0, 1), y.to(dev).flatten(), reduction="none").view(y.shape)
         keep = (y != -100).to(dev)
         loss = nll[keep].mean()
         opt.zero_grad(set_to_none=True)

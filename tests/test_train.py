@@ -110,8 +110,8 @@ def test_writing_the_bundled_model_needs_the_flag(monkeypatch, capsys, out):
 
 
 def test_model_shape_flags(monkeypatch, capsys):
-    (_, kw), = run_main(monkeypatch, "--n-kv-heads", "2", "--n-layers", "4")
-    assert kw["args_dict"] == {**train_module.TINY, "n_kv_heads": 2, "n_layers": 4}
+    (_, kw), = run_main(monkeypatch, "--n-kv-heads", "1", "--n-layers", "4")
+    assert kw["args_dict"] == {**train_module.TINY, "n_kv_heads": 1, "n_layers": 4}
     with pytest.raises(SystemExit) as e:
         run_main(monkeypatch, "--n-kv-heads", "3")                 # 4 query heads do not split into 3 groups
     assert e.value.code == 2 and "n_kv_heads" in capsys.readouterr().err
@@ -157,6 +157,31 @@ def test_copy_rows_repeat_and_score_only_what_copying_predicts():
     # an id seen for the first time is never a scored target
     first = [t for t in range(199) if not (x[:t + 1] == x[t + 1]).any()]
     assert all(y[t] == -100 for t in first)
+
+
+def test_copy_rows_with_more_repeats_score_every_later_copy():
+    gen = torch.Generator().manual_seed(1)
+    x, y = data.copy_row(torch.arange(1000, 1500), 7, 300, gen, lens=(6, 6), repeats=4)
+    # one sequence = 24 inputs: 6 unscored + the 2nd copy's first token, then 17 scored
+    assert [int(v != -100) for v in y[:25]] == [0] * 7 + [1] * 17 + [0]
+    assert torch.equal(y[7:24], x[8:25]) and torch.equal(x[1:7], x[19:25])
+    kept = torch.nonzero(y != -100).flatten()
+    for t in kept.tolist():                                    # still only what copying predicts
+        assert any(x[j + 1] == y[t] for j in range(1, t) if x[j] == x[t])
+
+
+def test_copy_pool_logits_are_the_full_logits_of_those_ids():
+    model, stream = small_model()
+    v, ids = model.vocab, stream[:20]
+    pool = v.to_compact[torch.tensor([v.ids[3], v.ids[0], v.ids[7]])]
+    full = model(v.to_compact[ids][None])
+    torch.testing.assert_close(model(v.to_compact[ids][None], pool), full[..., pool])
+
+
+def test_vocab_orders_copy_ids_by_count():
+    stream = torch.tensor([5] * 30 + [9] * 50 + [2] * 12 + [4] * 3)
+    v = Vocab(stream, 100, min_count=1)
+    assert v.by_count.tolist() == [9, 5, 2]                    # seen >= COPY_MIN_COUNT times, most first
 
 
 def test_batches_end_with_copy_rows():
