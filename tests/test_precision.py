@@ -35,7 +35,12 @@ def test_bf16_logits_close_to_fp32_default_model(model, tok):
     ids = tok.encode(SHAKESPEARE_PROMPT)
     ref, b = forward(weights, args, ids), forward(weights, args, ids, precision="bf16")
     close_in_bf16(b, ref)
-    assert torch.equal(b.argmax(-1), ref.argmax(-1))
+    # every logit moved by at most err, so a lead of more than 2 err cannot flip; a near-tie may
+    err = (b - ref).abs().max()
+    top2 = ref.topk(2, dim=-1).values
+    clear = top2[:, 0] - top2[:, 1] > 2 * err
+    assert clear.sum() >= len(ids) // 2 and clear[-1]                  # most positions, and the demo's answer
+    assert torch.equal(b.argmax(-1)[clear], ref.argmax(-1)[clear])
 
 
 def test_bf16_logits_close_to_fp32_random_checkpoint():
