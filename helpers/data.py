@@ -62,6 +62,8 @@ def tokenize_split(tokenizer, cache=CACHE):
 def copy_row(pool, bos, n, gen, lens=(8, 64), repeats=2):
     """(x, y) of n inputs: bos, then random sequences of pool ids, each written `repeats` times in a row. Only
     targets that an induction head can predict count: all of the later copies but the 2nd's first token."""
+    if repeats < 2:
+        raise ValueError(f"repeats={repeats}: a copy row needs each sequence written at least twice")
     toks, keep = [bos], [False]
     while len(toks) < n + 1:
         L = int(torch.randint(lens[0], lens[1] + 1, (), generator=gen))

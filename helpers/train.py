@@ -317,6 +317,9 @@ def main():
     try:
         check_not_bundled(out, overwrite)
         ModelArgs(**args_dict)  # a bad shape: one clear error before any data is read
+        if a["copy_repeats"] < 2 or a["copy_pool"] < 0:
+            raise ValueError(f"--copy-repeats {a['copy_repeats']} --copy-pool {a['copy_pool']}: each copied "
+                             "sequence is written at least 2 times, and the pool is a count >= 0 (0: all common ids)")
     except ValueError as e:
         p.error(str(e))
     train(out, TrainConfig(**a), args_dict=args_dict, init_from=init_from, overwrite_bundled=overwrite)

@@ -170,6 +170,15 @@ def test_copy_rows_with_more_repeats_score_every_later_copy():
         assert any(x[j + 1] == y[t] for j in range(1, t) if x[j] == x[t])
 
 
+def test_copy_options_out_of_range_are_one_clear_error(monkeypatch, capsys):
+    with pytest.raises(ValueError, match="repeats=1"):
+        data.copy_row(torch.arange(10), 0, 20, torch.Generator(), repeats=1)
+    for flag, value in (("--copy-repeats", "1"), ("--copy-pool", "-5")):
+        with pytest.raises(SystemExit) as e:
+            run_main(monkeypatch, flag, value)
+        assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
 def test_copy_pool_logits_are_the_full_logits_of_those_ids():
     model, stream = small_model()
     v, ids = model.vocab, stream[:20]
