@@ -46,7 +46,8 @@ def copy_rows_note(cfg, stats):
         return " Every row of every batch is a window of the plays."
     return f"""
 Copy rows: {rows} of the {cfg['batch']} rows of every batch ({100 * rows / cfg['batch']:.1f}% of the tokens){
-f", and all rows of the first {warm} steps," if warm else ""} are not Shakespeare but `<|begin_of_text|>` followed by
+f", and all rows of the first {warm} steps ({cfg.get('copy_seq_len') or cfg['seq_len']} tokens each),"
+  if warm else ""} are not Shakespeare but `<|begin_of_text|>` followed by
 random sequences of 8 to 64 ids, each written {cfg.get('copy_repeats', 2)} times in a row (`helpers.train.copy_row`);
 the ids are drawn uniformly from the {stats.get('copy_pool_ids', 0):,} {"most frequent ids of" if cfg.get("copy_pool")
 else "ids seen at least 10 times in"} the training plays, and only the targets copying can predict count (all of
@@ -182,7 +183,7 @@ Training tokens: {stats['train_tokens']:,}; held-out tokens: {stats['val_tokens'
 AdamW (betas 0.9/0.95, weight decay {cfg['weight_decay']} on matrices), lr {cfg['lr']} with
 {cfg['warmup']} warmup steps and cosine decay to {cfg['min_lr']}, batch {cfg['batch']} x {cfg['seq_len']}
 tokens, gradient clipping 1.0, seed {cfg['seed']}; {cfg['steps']} steps, {stats['tokens_seen']:,} tokens seen
-({stats['tokens_seen'] / stats['train_tokens']:.1f} epochs).
+({stats.get('play_tokens_seen', stats['tokens_seen']) / stats['train_tokens']:.1f} epochs).
 Dropout {cfg.get('dropout', 0.0)} (on the embeddings and each residual branch).{copy_note}
 Wall time {stats['wall_seconds'] / 60:.1f} min, device `{stats['device']}`, {stats['torch_threads']} torch
 threads, {stats.get('cpu', 'CPU model not recorded')}. From `train_log.tsv` (its times include the evaluation

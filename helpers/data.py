@@ -74,10 +74,10 @@ def copy_row(pool, bos, n, gen, lens=(8, 64), repeats=2):
     return toks[:-1], torch.where(keep[1:], toks[1:], -100)
 
 
-def copy_batch(pool, bos, cfg, gen, rows=None):
-    """(x, y) [rows, seq_len]: rows copy_row()s, a whole batch (cfg.batch rows) by default."""
-    n = cfg.batch if rows is None else rows
-    x, y = zip(*(copy_row(pool, bos, cfg.seq_len, gen, repeats=cfg.copy_repeats) for _ in range(n)))
+def copy_batch(pool, bos, cfg, gen, rows=None, seq_len=None):
+    """(x, y) [rows, seq_len]: copy_row()s, a whole batch (cfg.batch rows of cfg.seq_len) by default."""
+    n, T = cfg.batch if rows is None else rows, seq_len or cfg.seq_len
+    x, y = zip(*(copy_row(pool, bos, T, gen, repeats=cfg.copy_repeats) for _ in range(n)))
     return torch.stack(x), torch.stack(y)
 
 

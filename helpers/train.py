@@ -9,8 +9,8 @@ the trainer prints and never edits); until then load_checkpoint() reports the bu
 Options for growing an induction head (helpers.heads): --copy-rows N makes N rows of every batch repeated
 random sequences (copy_row), --copy-warmup S makes every row such a row for the first S steps (with a softmax
 over the copy ids only), --copy-repeats K writes each sequence K times, --copy-pool P draws from the P most
-frequent ids; the trainer logs the best induction and previous-token head scores every --probe-every steps in
-train_log.tsv.
+frequent ids, --copy-seq-len T makes the warm-up rows T long; the trainer logs the best induction and
+previous-token head scores every --probe-every steps in train_log.tsv.
 
 Training uses fused ops (scaled_dot_product_attention); the by-hand path in helpers/model.py is for
 inference. Only the ids that occur in the training plays get rows of their own: rarer and unseen ids
@@ -54,6 +54,7 @@ class TrainConfig:
     copy_warmup: int = 0      # first steps where every row is a copy row (grows the induction head early)
     copy_repeats: int = 2     # times each random sequence of a copy row is written
     copy_pool: int = 0        # copy rows draw from this many most frequent ids; 0: all seen >= COPY_MIN_COUNT times
+    copy_seq_len: int = 0     # row length during the copy warm-up (short rows grow the head sooner); 0: seq_len
     eval_every: int = 200
     probe_every: int = 100    # head scores (helpers.heads) logged this often; 0: never
     seed: int = 1337
@@ -250,7 +251,7 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         warm = step < cfg.copy_warmup
-        x, y = copy_batch(pool, bos, cfg, gen) if warm else next(data)
+        x, y = copy_batch(pool, bos, cfg, gen, seq_len=cfg.copy_seq_len) if warm else next(data)
         if warm:  # every scored target is a pool id: a softmax over the pool rows alone costs far less
             logits, y = model(x.to(dev), pool.to(dev)), torch.where(y == -100, -100, in_pool[y.clamp(min=0)])
         else:
@@ -278,11 +279,13 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
         bar.set_postfix(loss=f"{loss.item():.3f}")
         rows.append(row)
     wall = time.time() - t0
+    warm_steps = min(cfg.steps, cfg.copy_warmup)
+    play_steps = cfg.steps - warm_steps
     model.round_to(torch.bfloat16)
     stats = {"val_loss": evaluate(model, va, cfg.seq_len), "train_loss_sample": evaluate(model, tr, cfg.seq_len, 64),
              "bigram": bigram_baseline(train_ids, val_ids, args.vocab_size), "wall_seconds": round(wall),
-             "tokens_seen": cfg.steps * cfg.batch * cfg.seq_len,
-             "play_tokens_seen": max(0, cfg.steps - cfg.copy_warmup) * (cfg.batch - cfg.copy_rows) * cfg.seq_len,
+             "tokens_seen": cfg.batch * (warm_steps * (cfg.copy_seq_len or cfg.seq_len) + play_steps * cfg.seq_len),
+             "play_tokens_seen": play_steps * (cfg.batch - cfg.copy_rows) * cfg.seq_len,
              "train_tokens": len(train_ids),
              "val_tokens": len(val_ids), "kept_ids": len(vocab.ids), "copy_pool_ids": len(pool), "device": dev,
              "cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "config": cfg.__dict__,
@@ -317,9 +320,10 @@ def main():
     try:
         check_not_bundled(out, overwrite)
         ModelArgs(**args_dict)  # a bad shape: one clear error before any data is read
-        if a["copy_repeats"] < 2 or a["copy_pool"] < 0:
-            raise ValueError(f"--copy-repeats {a['copy_repeats']} --copy-pool {a['copy_pool']}: each copied "
-                             "sequence is written at least 2 times, and the pool is a count >= 0 (0: all common ids)")
+        if a["copy_repeats"] < 2 or a["copy_pool"] < 0 or a["copy_seq_len"] < 0:
+            raise ValueError(f"--copy-repeats {a['copy_repeats']} --copy-pool {a['copy_pool']} --copy-seq-len "
+                             f"{a['copy_seq_len']}: each copied sequence is written at least 2 times, and the pool "
+                             "and the warm-up row length are counts >= 0 (0: all common ids, --seq-len)")
     except ValueError as e:
         p.error(str(e))
     train(out, TrainConfig(**a), args_dict=args_dict, init_from=init_from, overwrite_bundled=overwrite)

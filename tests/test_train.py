@@ -173,7 +173,7 @@ def test_copy_rows_with_more_repeats_score_every_later_copy():
 def test_copy_options_out_of_range_are_one_clear_error(monkeypatch, capsys):
     with pytest.raises(ValueError, match="repeats=1"):
         data.copy_row(torch.arange(10), 0, 20, torch.Generator(), repeats=1)
-    for flag, value in (("--copy-repeats", "1"), ("--copy-pool", "-5")):
+    for flag, value in (("--copy-repeats", "1"), ("--copy-pool", "-5"), ("--copy-seq-len", "-1")):
         with pytest.raises(SystemExit) as e:
             run_main(monkeypatch, flag, value)
         assert e.value.code == 2 and flag in capsys.readouterr().err
@@ -191,6 +191,14 @@ def test_vocab_orders_copy_ids_by_count():
     stream = torch.tensor([5] * 30 + [9] * 50 + [2] * 12 + [4] * 3)
     v = Vocab(stream, 100, min_count=1)
     assert v.by_count.tolist() == [9, 5, 2]                    # seen >= COPY_MIN_COUNT times, most first
+
+
+def test_copy_batch_rows_can_be_shorter_than_play_windows():
+    cfg = TrainConfig(batch=3, seq_len=512, copy_repeats=3)
+    gen = torch.Generator().manual_seed(0)
+    x, y = data.copy_batch(torch.arange(100, 200), 1, cfg, gen, seq_len=64)
+    assert x.shape == y.shape == (3, 64) and (x[:, 0] == 1).all()
+    assert data.copy_batch(torch.arange(100, 200), 1, cfg, gen)[0].shape == (3, 512)
 
 
 def test_batches_end_with_copy_rows():
