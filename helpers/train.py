@@ -77,8 +77,8 @@ class Vocab:
     def __init__(self, train_ids, vocab_size, min_count):
         counts = torch.bincount(train_ids, minlength=vocab_size)
         self.ids = torch.nonzero(counts >= min_count).flatten()        # [n_kept]
-        self.common = torch.nonzero(counts >= COPY_MIN_COUNT).flatten()  # what copy_batch draws from
-        self.by_count = torch.argsort(counts, descending=True, stable=True)[:len(self.common)]  # most frequent first
+        n_common = int((counts >= COPY_MIN_COUNT).sum())
+        self.by_count = torch.argsort(counts, descending=True, stable=True)[:n_common]  # copy ids, most frequent first
         self.rare = len(self.ids)
         self.n_rare_ids = vocab_size - len(self.ids)
         self.to_compact = torch.full((vocab_size,), self.rare, dtype=torch.long)
@@ -241,7 +241,7 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
                              {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(cfg.seed)
     common = vocab.by_count[vocab.by_count < tok.n_base]  # copy rows: frequent ids, no specials
-    pool = vocab.to_compact[common[:cfg.copy_pool] if cfg.copy_pool else common.sort().values]
+    pool = vocab.to_compact[common[:cfg.copy_pool or None]]
     in_pool = torch.full((len(vocab.ids) + 1,), -100).index_copy_(0, pool, torch.arange(len(pool)))
     bos = int(vocab.to_compact[tok.special_tokens["<|begin_of_text|>"]])
     text_ids = val_ids[:cfg.seq_len].tolist()  # the start of a held-out play, for the previous-token score
