@@ -30,24 +30,29 @@ from helpers.train import TrainConfig  # noqa: E402
 PROMPTS = ["JULIET.\nO Romeo, Romeo! wherefore art", "What say you, my", "God save the"]
 
 
-def step_times(path):
-    """(median seconds per step, fastest and slowest mean over 200 consecutive steps) from train_log.tsv."""
+def step_times(path, warm_steps=0):
+    """per phase (copy warm-up, plays): (name, steps, median seconds per step, fastest and slowest mean over 200
+    consecutive steps, or None for a shorter phase) from train_log.tsv."""
     with open(path) as f:
         s = [float(r["seconds"]) for r in csv.DictReader(f, delimiter="\t")]
     d = [b - a for a, b in zip([0.0] + s, s)]
-    means = [sum(d[i:i + 200]) / 200 for i in range(len(d) - 199)]
-    return statistics.median(d), min(means), max(means)
+    out = []
+    for name, part in (("copy warm-up", d[:warm_steps]), ("plays", d[warm_steps:])):
+        if part:
+            means = [sum(part[i:i + 200]) / 200 for i in range(len(part) - 199)]
+            out.append((name, len(part), statistics.median(part), min(means, default=None), max(means, default=None)))
+    return out
 
 
 def copy_rows_note(cfg, stats):
     """what the copy rows were, when the run had any (helpers.train.copy_row)."""
-    rows, warm = cfg.get("copy_rows", 0), cfg.get("copy_warmup", 0)
+    rows, warm = cfg.get("copy_rows", 0), stats.get("copy_warmup_steps", 0)
     if not rows and not warm:
         return " Every row of every batch is a window of the plays."
     return f"""
 Copy rows: {rows} of the {cfg['batch']} rows of every batch ({100 * rows / cfg['batch']:.1f}% of the tokens){
-f", and all rows of the first {warm} steps ({cfg.get('copy_seq_len') or cfg['seq_len']} tokens each),"
-  if warm else ""} are not Shakespeare but `<|begin_of_text|>` followed by
+f", and all {cfg['batch']} rows of the {warm:,} warm-up steps before them ({cfg.get('copy_seq_len') or cfg['seq_len']}"
+  " tokens each)," if warm else ""} are not Shakespeare but `<|begin_of_text|>` followed by
 random sequences of 8 to 64 ids, each written {cfg.get('copy_repeats', 2)} times in a row (`helpers.train.copy_row`);
 the ids are drawn uniformly from the {stats.get('copy_pool_ids', 0):,} {"most frequent ids of" if cfg.get("copy_pool")
 else "ids seen at least 10 times in"} the training plays, and only the targets copying can predict count (all of
@@ -56,12 +61,15 @@ the later copies but the first id of the second).{
 repeated sequences meant to grow an induction head (below)."""
 
 
-def heads_note(hd, log_path):
-    """the Heads section: scores measured on the shipped file, and during training when the log has them."""
+def heads_note(hd, log_path, warm_steps=0):
+    """the Heads section: scores measured on the shipped file, and during training (every 100th step, or 500th in
+    a long run, the end of the copy warm-up and the last step) when the log has them."""
     if hd is None:
         return ""
     with open(log_path) as f:
         probed = [r for r in csv.DictReader(f, delimiter="\t") if r.get("induction")]
+    every = 100 if len(probed) <= 30 else 500  # a long run: every 500th step
+    probed = [r for r in probed if int(r["step"]) % every == 0 or int(r["step"]) == warm_steps or r is probed[-1]]
     text = f"""## Heads (`helpers.heads`, measured on the shipped file by `helpers.evaluate`)
 - Induction head: on `<|begin_of_text|>` + 50 random common words (`helpers.heads.COMMON_WORDS`, one token
   each) + the same 50 again, the mean attention from each token of the second copy to the token right after
@@ -71,9 +79,10 @@ def heads_note(hd, log_path):
   layer {hd['prev']['layer']}, head {hd['prev']['head']}: **{hd['prev']['score']:.2f}**.
 """
     if probed:
-        text += """
-During training (best head's score on 2 probes / on the first held-out window, from `train_log.tsv`; the run's
-own fp32 weights, so the last row differs slightly from the figures above):
+        text += f"""
+During training (best head's score on 2 probes / on the first held-out window, from `train_log.tsv`, every
+{every} steps{", at the end of the copy warm-up" if warm_steps else ""} and at the last step; the run's own fp32
+weights, so the last row differs slightly from the figures above):
 
 | step | induction | prev | train loss (plays) | copy loss |
 |---|---|---|---|---|
@@ -112,10 +121,16 @@ def main():
     assert all(n == kept + 1 for n in shared.values()), shared  # kept rows + one shared rare row
     raw = pth.read_bytes()
     packed = len(zlib.compress(raw, 6))
-    med, fast, slow = step_times(DEFAULT_DIR / "train_log.tsv")
+    warm = stats.get("copy_warmup_steps", 0)
+    times = "; ".join(f"{name} ({n:,} steps): median {med:.2f} s per step" + (
+        f", the mean over 200 consecutive steps from {fast:.2f} to {slow:.2f} s" if fast is not None else "")
+        for name, n, med, fast, slow in step_times(DEFAULT_DIR / "train_log.tsv", warm))
+    warm_line = (f"First a copy warm-up of {warm:,} steps (at most {cfg['copy_warmup']:,}; it stops once the mean "
+                 f"copy loss of its last 50 steps is below {cfg['copy_stop']}) at lr {cfg['copy_lr'] or cfg['lr']} "
+                 f"after {cfg['warmup']} warmup steps, held flat; then " if warm else "")
     copy_note, probe_note = copy_rows_note(cfg, stats), (f" and the head scores every {cfg['probe_every']}"
                                                          if cfg.get("probe_every") else "")
-    heads_section = heads_note(ev.get("heads"), DEFAULT_DIR / "train_log.tsv")
+    heads_section = heads_note(ev.get("heads"), DEFAULT_DIR / "train_log.tsv", warm)
     m, b, grouped = ev["model"], ev["bigram"], ev["model_rare_as_one_class"]
     share = ev["rare_targets"] / ev["scored_targets"]
     mach = ev["machine"]
@@ -180,15 +195,16 @@ Training tokens: {stats['train_tokens']:,}; held-out tokens: {stats['val_tokens'
 
 ## Training
 {recipe_line}:
-AdamW (betas 0.9/0.95, weight decay {cfg['weight_decay']} on matrices), lr {cfg['lr']} with
-{cfg['warmup']} warmup steps and cosine decay to {cfg['min_lr']}, batch {cfg['batch']} x {cfg['seq_len']}
-tokens, gradient clipping 1.0, seed {cfg['seed']}; {cfg['steps']} steps, {stats['tokens_seen']:,} tokens seen
-({stats.get('play_tokens_seen', stats['tokens_seen']) / stats['train_tokens']:.1f} epochs).
+AdamW (betas 0.9/0.95, weight decay {cfg['weight_decay']} on matrices), batch {cfg['batch']} rows, gradient
+clipping 1.0, seed {cfg['seed']}. {warm_line}{cfg['steps']:,} steps on the plays ({cfg['seq_len']} tokens a row)
+at lr {cfg['lr']} with {cfg['warmup']} warmup steps and cosine decay to {cfg['min_lr']}.
+{stats['tokens_seen']:,} tokens seen in all
+({stats.get('play_tokens_seen', stats['tokens_seen']) / stats['train_tokens']:.1f} epochs of the plays).
 Dropout {cfg.get('dropout', 0.0)} (on the embeddings and each residual branch).{copy_note}
 Wall time {stats['wall_seconds'] / 60:.1f} min, device `{stats['device']}`, {stats['torch_threads']} torch
 threads, {stats.get('cpu', 'CPU model not recorded')}. From `train_log.tsv` (its times include the evaluation
-every {cfg['eval_every']} steps{probe_note}): median {med:.2f} s per
-step; the mean over 200 consecutive steps ranges from {fast:.2f} to {slow:.2f} s.
+every {cfg['eval_every']} steps{probe_note}):
+{times}.
 
 ## Quality (held-out plays)
 Measured by `python -m helpers.evaluate --record` (`helpers/evaluate.py`) on {mach['cpu']}

@@ -64,6 +64,29 @@ def test_lr_schedule():
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
+def test_lr_schedule_after_a_copy_warmup():
+    cfg = TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr=1e-4, copy_lr=5e-4)
+    assert lr_at(0, cfg, warm_steps=30) == pytest.approx(5e-5)
+    assert lr_at(9, cfg, 30) == lr_at(29, cfg, 30) == 5e-4      # flat after the warmup
+    # the plays' schedule starts over after the warm-up, however long it ran
+    assert [lr_at(30 + s, cfg, 30) for s in range(101)] == [lr_at(s, cfg) for s in range(101)]
+    assert lr_at(5, TrainConfig(warmup=10, lr=1e-3, copy_lr=0), 30) == pytest.approx(6e-4)  # copy_lr 0: lr
+
+
+def test_copy_warmup_stops_when_the_copy_loss_is_low(tmp_path):
+    shape = dict(train_module.TINY, dim=32, n_layers=1, n_heads=2, n_kv_heads=1)
+    cfg = TrainConfig(steps=3, seq_len=64, copy_warmup=80, copy_stop=100.0, copy_seq_len=128, probe_every=0,
+                      eval_every=1000)
+    _, stats = train_module.train(tmp_path, cfg, args_dict=shape, log=lambda *a: None, progress=False)
+    rows = (tmp_path / "train_log.tsv").read_text().splitlines()[1:]
+    assert stats["copy_warmup_steps"] == 50 and len(rows) == 53   # any loss < 100: stops once 50 are averaged
+    assert [r.split("\t")[2] != "" for r in rows[48:]] == [False, False, True, True, True]  # then the plays
+    assert stats["tokens_seen"] == 8 * (50 * 128 + 3 * 64)
+    cfg = TrainConfig(steps=0, seq_len=64, copy_warmup=60, copy_stop=0.0, probe_every=0, eval_every=1000)
+    _, stats = train_module.train(tmp_path / "b", cfg, args_dict=shape, log=lambda *a: None, progress=False)
+    assert stats["copy_warmup_steps"] == 60                       # copy_stop 0: the whole warm-up
+
+
 def test_bigram_baseline_beats_unigram_on_repetitive_text():
     train = torch.tensor([1, 2, 3] * 200)
     val = torch.tensor([1, 2, 3] * 20)
