@@ -7,7 +7,6 @@ Reads train_stats.json (written by the training run; its "heldout_eval" entry by
 and train_log.tsv, and measures the rest here: file size and sha256, parameter counts, shared rows, greedy
 continuations.
 """
-import csv
 import inspect
 import json
 import math
@@ -25,7 +24,7 @@ from helpers.data import SDIST, SDIST_SHA256, VAL_PLAYS  # noqa: E402
 from helpers.evaluate import LAMS, MUS, cpu_name  # noqa: E402
 from helpers.model import generate  # noqa: E402
 from helpers.tokenizer import load_tokenizer  # noqa: E402
-from helpers.train import TrainConfig  # noqa: E402
+from helpers.train import TrainConfig, read_log  # noqa: E402
 
 PROMPTS = ["JULIET.\nO Romeo, Romeo! wherefore art", "What say you, my", "God save the"]
 
@@ -33,8 +32,7 @@ PROMPTS = ["JULIET.\nO Romeo, Romeo! wherefore art", "What say you, my", "God sa
 def step_times(path, warm_steps=0):
     """per phase (copy warm-up, plays): (name, steps, median seconds per step, fastest and slowest mean over 200
     consecutive steps, or None for a shorter phase) from train_log.tsv."""
-    with open(path) as f:
-        s = [float(r["seconds"]) for r in csv.DictReader(f, delimiter="\t")]
+    s = [float(r["seconds"]) for r in read_log(path)[0]]
     d = [b - a for a, b in zip([0.0] + s, s)]
     out = []
     for name, part in (("copy warm-up", d[:warm_steps]), ("plays", d[warm_steps:])):
@@ -66,8 +64,7 @@ def heads_note(hd, log_path, warm_steps=0):
     a long run, the end of the copy warm-up and the last step) when the log has them."""
     if hd is None:
         return ""
-    with open(log_path) as f:
-        probed = [r for r in csv.DictReader(f, delimiter="\t") if r.get("induction")]
+    probed = [r for r in read_log(log_path)[0] if r.get("induction")]
     every = 100 if len(probed) <= 30 else 500  # a long run: every 500th step
     probed = [r for r in probed if int(r["step"]) % every == 0 or int(r["step"]) == warm_steps or r is probed[-1]]
     text = f"""## Heads (`helpers.heads`, measured on the shipped file by `helpers.evaluate`)
@@ -121,7 +118,7 @@ def main():
     assert all(n == kept + 1 for n in shared.values()), shared  # kept rows + one shared rare row
     raw = pth.read_bytes()
     packed = len(zlib.compress(raw, 6))
-    warm = stats.get("copy_warmup_steps", 0)
+    warm = read_log(DEFAULT_DIR / "train_log.tsv")[1]
     times = "; ".join(f"{name} ({n:,} steps): median {med:.2f} s per step" + (
         f", the mean over 200 consecutive steps from {fast:.2f} to {slow:.2f} s" if fast is not None else "")
         for name, n, med, fast, slow in step_times(DEFAULT_DIR / "train_log.tsv", warm))

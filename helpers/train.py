@@ -25,6 +25,7 @@ the softmax over the full vocabulary equals the compact one with one extra "rare
 shifted by log(number of rare ids).
 """
 import argparse
+import csv
 import json
 import math
 import time
@@ -229,6 +230,14 @@ def write_log(path, rows):
             for r in rows:
                 f.write("\t".join(cell(k, r.get(k)) for k in LOG_COLUMNS) + "\n")
     atomic_write(path, write)
+
+
+def read_log(path):
+    """(rows, warm-up steps) of a train_log.tsv: one dict of strings per step ("" where not measured); the copy
+    warm-up's steps are the ones without a play loss."""
+    with open(path) as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return rows, sum(not r.get("train_loss") for r in rows)
 
 
 def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, init_from=None,

@@ -210,6 +210,16 @@ def test_copy_pool_logits_are_the_full_logits_of_those_ids():
     torch.testing.assert_close(model(v.to_compact[ids][None], pool), full[..., pool])
 
 
+def test_read_log_counts_the_copy_warmup(tmp_path):
+    rows = [{"step": 1, "lr": 1e-3, "copy_loss": 6.9, "seconds": 0.1}, {"step": 2, "lr": 1e-3, "copy_loss": 1.0,
+                                                                       "induction": 0.9, "seconds": 0.2},
+            {"step": 3, "lr": 1e-4, "train_loss": 5.0, "copy_loss": 0.5, "seconds": 1.5}]
+    train_module.write_log(tmp_path / "train_log.tsv", rows)
+    back, warm = train_module.read_log(tmp_path / "train_log.tsv")
+    assert warm == 2 and [r["step"] for r in back] == ["1", "2", "3"]
+    assert back[1]["induction"] == "0.9000" and back[0]["induction"] == ""
+
+
 def test_vocab_orders_copy_ids_by_count():
     stream = torch.tensor([5] * 30 + [9] * 50 + [2] * 12 + [4] * 3)
     v = Vocab(stream, 100, min_count=1)
