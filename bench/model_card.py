@@ -42,9 +42,9 @@ def step_times(path, warm_steps=0):
     return out
 
 
-def copy_rows_note(cfg, stats):
+def copy_rows_note(cfg, stats, warm):
     """what the copy rows were, when the run had any (helpers.train.copy_row)."""
-    rows, warm = cfg.get("copy_rows", 0), stats.get("copy_warmup_steps", 0)
+    rows = cfg.get("copy_rows", 0)
     if not rows and not warm:
         return " Every row of every batch is a window of the plays."
     return f"""
@@ -125,7 +125,7 @@ def main():
     warm_line = (f"First a copy warm-up of {warm:,} steps (at most {cfg['copy_warmup']:,}; it stops once the mean "
                  f"copy loss of its last 50 steps is below {cfg['copy_stop']}) at lr {cfg['copy_lr'] or cfg['lr']} "
                  f"after {cfg['warmup']} warmup steps, held flat; then " if warm else "")
-    copy_note, probe_note = copy_rows_note(cfg, stats), (f" and the head scores every {cfg['probe_every']}"
+    copy_note, probe_note = copy_rows_note(cfg, stats, warm), (f" and the head scores every {cfg['probe_every']}"
                                                          if cfg.get("probe_every") else "")
     heads_section = heads_note(ev.get("heads"), DEFAULT_DIR / "train_log.tsv", warm)
     m, b, grouped = ev["model"], ev["bigram"], ev["model_rare_as_one_class"]
