@@ -43,7 +43,7 @@ def step_times(path, warm_steps=0):
 
 
 def copy_rows_note(cfg, stats, warm):
-    """what the copy rows were, when the run had any (helpers.train.copy_row)."""
+    """what the copy rows were, when the run had any (helpers.data.copy_row)."""
     rows = cfg.get("copy_rows", 0)
     if not rows and not warm:
         return " Every row of every batch is a window of the plays."
@@ -51,12 +51,21 @@ def copy_rows_note(cfg, stats, warm):
 Copy rows: {rows} of the {cfg['batch']} rows of every batch ({100 * rows / cfg['batch']:.1f}% of the tokens){
 f", and all {cfg['batch']} rows of the {warm:,} warm-up steps before them ({cfg.get('copy_seq_len') or cfg['seq_len']}"
   " tokens each)," if warm else ""} are not Shakespeare but `<|begin_of_text|>` followed by
-random sequences of 8 to 64 ids, each written {cfg.get('copy_repeats', 2)} times in a row (`helpers.train.copy_row`);
+random sequences of 8 to 64 ids, each written {cfg.get('copy_repeats', 2)} times in a row (`helpers.data.copy_row`);
 the ids are drawn uniformly from the {stats.get('copy_pool_ids', 0):,} {"most frequent ids of" if cfg.get("copy_pool")
 else "ids seen at least 10 times in"} the training plays, and only the targets copying can predict count (all of
 the later copies but the first id of the second).{
 " During the warm-up the softmax runs over those ids only." if warm else ""} This is the documented share of
-repeated sequences meant to grow an induction head (below)."""
+repeated sequences meant to grow an induction head (below).{bos_rows_note(cfg)}"""
+
+
+def bos_rows_note(cfg):
+    """why some play rows start with <|begin_of_text|> (helpers.data.batches)."""
+    n = cfg.get("bos_rows", 0)
+    return "" if not n else f"""
+{n} of the play rows of every batch start with `<|begin_of_text|>`, as every prompt does (the other play
+windows are cuts of the plays that almost never do): otherwise the only rows that began with it would be the
+copy rows, and the model would learn "`<|begin_of_text|>` first: copy" and loop on prompts."""
 
 
 def heads_note(hd, log_path, warm_steps=0):
@@ -137,6 +146,9 @@ def main():
     ffn = f"{args.hidden_dim} ({args.multiple_of}, {args.ffn_dim_multiplier})"
     recipe_line = ("`python -m helpers.train` (the defaults of `helpers.train.TrainConfig` are this run's config)"
                    if recipe else "`helpers/train.py` with the config in `train_stats.json`")
+    if warm and stats.get("init_from"):  # helpers.train.finished_warmup: the warm-up ran as its own command
+        recipe_line += (", in two commands: the copy warm-up alone (`--steps 0 --out W`), then the same options "
+                        "with `--init-from W` for the plays, which continue its log and clock (AdamW starts afresh)")
     print(f"""# llama3-tiny: a small Llama 3 trained on Shakespeare
 
 The default checkpoint of llama3-by-hand. Llama 3 8B in miniature: the same architecture, the untouched

@@ -21,7 +21,7 @@ from helpers.tokenizer import count_tokens, tokenizer_file
 
 # sha256 of the bundled consolidated.00.pth, pinned in code so that nothing that writes checkpoints can
 # rewrite it; retraining the bundled model on purpose means updating this line
-DEFAULT_SHA256 = "f320e1711eb78f4e7bc439de9070e0480ce17d5ed613530fa82eb2ad262236ee"
+DEFAULT_SHA256 = "21aba6c15a2618225e4c6fe1442abc0961e91091ae08e80c759b5f7508e52ac9"
 
 
 def read_params(model_dir):

@@ -82,11 +82,15 @@ def copy_batch(pool, bos, cfg, gen, rows=None, seq_len=None):
 
 
 def batches(stream, cfg, gen, pool=None, bos=None):
-    """random windows of seq_len+1 tokens from the training stream; the last cfg.copy_rows rows are copy_row()s."""
+    """random windows of seq_len+1 tokens from the training stream, the first cfg.bos_rows of them put behind a
+    bos (as every prompt is); the last cfg.copy_rows rows are copy_row()s."""
     n_text = cfg.batch - (cfg.copy_rows if pool is not None else 0)
+    n_bos = min(cfg.bos_rows, n_text) if bos is not None else 0
     while True:
         starts = torch.randint(0, len(stream) - cfg.seq_len - 1, (n_text,), generator=gen)
         w = torch.stack([stream[s:s + cfg.seq_len + 1] for s in starts])
+        if n_bos:  # else a model whose copy rows start with bos learns "bos first: copy" (prompts then loop)
+            w[:n_bos] = torch.cat([torch.full((n_bos, 1), bos), w[:n_bos, :-1]], 1)
         x, y = w[:, :-1], w[:, 1:]
         if n_text < cfg.batch:
             cx, cy = copy_batch(pool, bos, cfg, gen, cfg.batch - n_text)

@@ -11,12 +11,12 @@ random sequences (copy_row), --copy-warmup S runs up to S steps of nothing but s
 steps on the plays (with a softmax over the copy ids only, at the flat lr --copy-lr), --copy-stop L ends that
 warm-up as soon as the mean copy loss of its last 50 steps is below L (the head has formed), --copy-repeats K
 writes each sequence K times, --copy-pool P draws from the P most frequent ids, --copy-seq-len T makes the
-warm-up rows T long; the trainer logs the best induction and previous-token head scores every --probe-every
-steps in train_log.tsv. Measured on 2 CPU cores (AMD EPYC): with --copy-warmup 6500 --copy-stop 1.0 --copy-lr 0.002
---copy-seq-len 128 --copy-pool 1000 --copy-repeats 4, the copy loss sits near log(1000) for ~5,500 steps, then an
-induction head (score 0.98) and a previous-token head form within a few hundred steps (18 min); --copy-rows 1
-keeps them through 1,850 steps on the plays. But such a model also learns that <|begin_of_text|> at position 0
-means "copy mode" (every copy row starts so, play windows do not), and greedy continuations of prompts loop.
+warm-up rows T long, --bos-rows B starts B play rows of every batch with <|begin_of_text|> as prompts start
+(copy rows start so too; without such play rows the model learns "bos first: copy" and prompts loop). The
+trainer logs the best induction and previous-token head scores every --probe-every steps in train_log.tsv.
+How long the copy loss sits near log(pool) before the heads appear varies from run to run (same seed, 2 CPU
+cores: 5,600 to 7,000 steps); --init-from DIR of a run that did the warm-up alone (--steps 0, same options)
+goes straight on to the plays, continuing its log and clock.
 
 Training uses fused ops (scaled_dot_product_attention); the by-hand path in helpers/model.py is for
 inference. Only the ids that occur in the training plays get rows of their own: rarer and unseen ids
@@ -30,6 +30,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +49,7 @@ TINY = dict(dim=128, n_layers=6, n_heads=4, n_kv_heads=2, vocab_size=128256, mul
 
 @dataclass
 class TrainConfig:
-    steps: int = 2600         # steps on the plays (after the copy warm-up, if any)
+    steps: int = 1750         # steps on the plays (after the copy warm-up, if any)
     batch: int = 8
     seq_len: int = 512
     lr: float = 3e-3
@@ -57,13 +58,14 @@ class TrainConfig:
     weight_decay: float = 0.1
     dropout: float = 0.0      # on the embedding and each residual branch, training only
     min_count: int = 3        # ids seen fewer times in training share the "rare" rows
-    copy_rows: int = 0        # rows of each batch that are repeated random tokens (copy_row), not plays
-    copy_warmup: int = 0      # at most this many steps of copy rows only, before the plays (grows the induction head)
-    copy_stop: float = 0.0    # end the warm-up once its last 50 copy losses average below this; 0: never
-    copy_lr: float = 0.0      # the warm-up's flat lr (after the linear warmup); 0: lr
-    copy_repeats: int = 2     # times each random sequence of a copy row is written
-    copy_pool: int = 0        # copy rows draw from this many most frequent ids; 0: all seen >= COPY_MIN_COUNT times
-    copy_seq_len: int = 0     # row length during the copy warm-up (short rows grow the head sooner); 0: seq_len
+    copy_rows: int = 1        # rows of each batch that are repeated random tokens (copy_row), not plays
+    bos_rows: int = 4         # play rows of each batch that start with <|begin_of_text|>, as every prompt does
+    copy_warmup: int = 7000   # at most this many steps of copy rows only, before the plays (grows the induction head)
+    copy_stop: float = 1.0    # end the warm-up once its last 50 copy losses average below this; 0: never
+    copy_lr: float = 2e-3     # the warm-up's flat lr (after the linear warmup); 0: lr
+    copy_repeats: int = 4     # times each random sequence of a copy row is written
+    copy_pool: int = 1000     # copy rows draw from this many most frequent ids; 0: all seen >= COPY_MIN_COUNT times
+    copy_seq_len: int = 128   # row length during the copy warm-up (short rows grow the head sooner); 0: seq_len
     eval_every: int = 200
     probe_every: int = 100    # head scores (helpers.heads) logged this often; 0: never
     seed: int = 1337
@@ -240,6 +242,28 @@ def read_log(path):
     return rows, sum(not r.get("train_loss") for r in rows)
 
 
+WARMUP_KEYS = ("batch", "warmup", "seed", "min_count", "copy_rows", "copy_warmup", "copy_stop", "copy_lr",
+               "copy_repeats", "copy_pool", "copy_seq_len")
+
+
+def finished_warmup(run_dir, cfg):
+    """(log rows, warm-up steps) when run_dir holds a copy warm-up alone (--steps 0) with cfg's warm-up settings:
+    train(init_from=run_dir) then goes on with the plays, its log and clock continued; None for any other run."""
+    log_path, stats_path = Path(run_dir) / "train_log.tsv", Path(run_dir) / "train_stats.json"
+    if not (log_path.is_file() and stats_path.is_file()):
+        return None
+    rows, warm = read_log(log_path)
+    if not rows or warm != len(rows):  # it trained on the plays too: a plain start from its weights
+        return None
+    theirs = json.loads(stats_path.read_text())["config"]
+    diff = {k: (theirs.get(k), v) for k, v in cfg.__dict__.items() if k in WARMUP_KEYS and theirs.get(k) != v}
+    if diff:
+        raise ValueError(f"--init-from {run_dir} is a copy warm-up with other settings, {{name: (its, yours)}}: "
+                         f"{diff}; continue it with the options it ran with")
+    parse = lambda k, v: None if v == "" else int(v) if k == "step" else float(v)
+    return [{k: parse(k, v) for k, v in r.items()} for r in rows], warm
+
+
 def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, init_from=None,
           overwrite_bundled=False):
     from tqdm.auto import tqdm
@@ -267,9 +291,12 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
     bos = int(vocab.to_compact[tok.special_tokens["<|begin_of_text|>"]])
     text_ids = val_ids[:cfg.seq_len].tolist()  # the start of a held-out play, for the previous-token score
     rows, t0, data = [], time.time(), batches(tr, cfg, gen, pool if cfg.copy_rows else None, bos)
-    warm_steps, recent = cfg.copy_warmup, []  # warm_steps shrinks to where the warm-up stopped
-    bar = tqdm(total=cfg.copy_warmup + cfg.steps, desc="train", disable=not progress)
-    step = 0
+    warm_steps, recent, step = cfg.copy_warmup, [], 0  # warm_steps shrinks to where the warm-up stopped
+    if init_from and (done := finished_warmup(init_from, cfg)):  # its warm-up is ours: on to the plays
+        (rows, warm_steps), step = done, done[1]
+        t0 -= rows[-1]["seconds"]
+        log(f"{init_from}: copy warm-up done at step {warm_steps}; plays from here (fresh AdamW state)")
+    bar = tqdm(total=warm_steps + cfg.steps, initial=step, desc="train", disable=not progress)
     while step < warm_steps + cfg.steps:
         lr = lr_at(step, cfg, warm_steps)
         for g in opt.param_groups:
@@ -304,10 +331,13 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
             row["induction"] = heads.best(heads.induction_scores(w, args, tok, seeds=(0, 1)))[2]
             row["prev"] = heads.best(heads.prev_scores(w, args, text_ids))[2]
         if (step + 1) % cfg.eval_every == 0 or last:
-            row["val_loss"] = evaluate(model, va, cfg.seq_len, max_windows=64)
             heads_now = f" induction {row['induction']:.2f} prev {row['prev']:.2f}" if "induction" in row else ""
-            log(f"step {step + 1}: train {row['train_loss'] or float('nan'):.3f} val(64 windows) {row['val_loss']:.3f}"
-                f"{heads_now} [{row['seconds']:.0f}s]")
+            if warm:  # the plays' loss says nothing yet while only copy rows train
+                log(f"step {step + 1}: copy {row['copy_loss']:.3f}{heads_now} [{row['seconds']:.0f}s]")
+            else:
+                row["val_loss"] = evaluate(model, va, cfg.seq_len, max_windows=64)
+                log(f"step {step + 1}: train {row['train_loss'] or float('nan'):.3f} val(64 windows) "
+                    f"{row['val_loss']:.3f}{heads_now} [{row['seconds']:.0f}s]")
         bar.set_postfix(loss=f"{loss.item():.3f}")
         bar.update()
         rows.append(row)
@@ -323,7 +353,7 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
              "train_tokens": len(train_ids),
              "val_tokens": len(val_ids), "kept_ids": len(vocab.ids), "copy_pool_ids": len(pool), "device": dev,
              "cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "config": cfg.__dict__,
-             "init_from": init_from}
+             "init_from": init_from and str(init_from)}
     meta = model.to("cpu").to_meta()
     for name, (i, h, v) in (("induction", heads.best(heads.induction_scores(meta, args, tok))),
                             ("prev", heads.best(heads.prev_scores(meta, args, text_ids)))):
@@ -354,6 +384,11 @@ def main():
     try:
         check_not_bundled(out, overwrite)
         ModelArgs(**args_dict)  # a bad shape: one clear error before any data is read
+        if not 0 <= a["bos_rows"] <= a["batch"] - a["copy_rows"]:
+            raise ValueError(f"--bos-rows {a['bos_rows']}: at most the batch's play rows, --batch {a['batch']} "
+                             f"minus --copy-rows {a['copy_rows']}")
+        if init_from:
+            finished_warmup(init_from, TrainConfig(**a))
         if a["copy_repeats"] < 2 or a["copy_pool"] < 0 or a["copy_seq_len"] < 0 or a["copy_warmup"] < 0:
             raise ValueError(f"--copy-repeats {a['copy_repeats']} --copy-pool {a['copy_pool']} --copy-seq-len "
                              f"{a['copy_seq_len']} --copy-warmup {a['copy_warmup']}: each copied sequence is "

@@ -85,6 +85,20 @@ def test_copy_warmup_stops_when_the_copy_loss_is_low(tmp_path):
     cfg = TrainConfig(steps=0, seq_len=64, copy_warmup=60, copy_stop=0.0, probe_every=0, eval_every=1000)
     _, stats = train_module.train(tmp_path / "b", cfg, args_dict=shape, log=lambda *a: None, progress=False)
     assert stats["copy_warmup_steps"] == 60                       # copy_stop 0: the whole warm-up
+    # a warm-up alone, given as init_from to the same settings with play steps: one log, one clock, one schedule
+    cfg = TrainConfig(steps=3, seq_len=64, copy_warmup=60, copy_stop=0.0, probe_every=0, eval_every=1000)
+    _, stats = train_module.train(tmp_path / "c", cfg, args_dict=shape, log=lambda *a: None, progress=False,
+                                  init_from=tmp_path / "b")
+    rows, warm = train_module.read_log(tmp_path / "c" / "train_log.tsv")
+    assert warm == stats["copy_warmup_steps"] == 60 and [int(r["step"]) for r in rows] == list(range(1, 64))
+    assert rows[:60] == train_module.read_log(tmp_path / "b" / "train_log.tsv")[0]
+    assert [float(r["lr"]) for r in rows[60:]] == pytest.approx([lr_at(s, cfg, 60) for s in (60, 61, 62)], rel=1e-3)
+    before = float(rows[59]["seconds"])                            # the clock goes on from the warm-up's
+    assert float(rows[60]["seconds"]) >= before and stats["wall_seconds"] >= before
+    assert stats["tokens_seen"] == 8 * (60 * cfg.copy_seq_len + 3 * 64)
+    with pytest.raises(ValueError, match="copy_lr"):              # another warm-up recipe: refused, not mixed
+        train_module.train(tmp_path / "d", TrainConfig(steps=3, seq_len=64, copy_warmup=60, copy_lr=5e-4),
+                           args_dict=shape, log=lambda *a: None, progress=False, init_from=tmp_path / "b")
 
 
 def test_bigram_baseline_beats_unigram_on_repetitive_text():
@@ -196,7 +210,7 @@ def test_copy_rows_with_more_repeats_score_every_later_copy():
 def test_copy_options_out_of_range_are_one_clear_error(monkeypatch, capsys):
     with pytest.raises(ValueError, match="repeats=1"):
         data.copy_row(torch.arange(10), 0, 20, torch.Generator(), repeats=1)
-    for flag, value in (("--copy-repeats", "1"), ("--copy-pool", "-5"), ("--copy-seq-len", "-1")):
+    for flag, value in (("--copy-repeats", "1"), ("--copy-pool", "-5"), ("--copy-seq-len", "-1"), ("--bos-rows", "9")):
         with pytest.raises(SystemExit) as e:
             run_main(monkeypatch, flag, value)
         assert e.value.code == 2 and flag in capsys.readouterr().err
@@ -235,12 +249,16 @@ def test_copy_batch_rows_can_be_shorter_than_play_windows():
 
 
 def test_batches_end_with_copy_rows():
-    cfg = TrainConfig(batch=4, seq_len=32, copy_rows=1)
+    cfg = TrainConfig(batch=4, seq_len=32, copy_rows=1, bos_rows=0)
     stream = torch.arange(500)
     x, y = next(data.batches(stream, cfg, torch.Generator().manual_seed(0), torch.arange(600, 700), 1))
     assert x.shape == y.shape == (4, 32)
     assert torch.equal(y[:3], x[:3] + 1)                       # play windows: every target is the next id
     assert x[3, 0] == 1 and (y[3] == -100).any()               # the copy row starts with bos, partly unscored
+    cfg = TrainConfig(batch=4, seq_len=32, copy_rows=1, bos_rows=2)
+    x, y = next(data.batches(stream, cfg, torch.Generator().manual_seed(0), torch.arange(600, 700), 1))
+    assert (x[:2, 0] == 1).all() and (x[2:3, 0] != 1).all()      # 2 play rows start like a prompt
+    assert torch.equal(y[:2, 0], x[:2, 1]) and torch.equal(y[:3, 1:], x[:3, 1:] + 1)  # then the plays go on
 
 
 def test_evaluate_counts_rare_ids_like_the_trainer():
