@@ -146,7 +146,7 @@ def main():
     ffn = f"{args.hidden_dim} ({args.multiple_of}, {args.ffn_dim_multiplier})"
     recipe_line = ("`python -m helpers.train` (the defaults of `helpers.train.TrainConfig` are this run's config)"
                    if recipe else "`helpers/train.py` with the config in `train_stats.json`")
-    if warm and stats.get("init_from"):  # helpers.train.finished_warmup: the warm-up ran as its own command
+    if stats.get("warmup_from"):  # helpers.train.finished_warmup: the warm-up ran as its own command
         recipe_line += (", in two commands: the copy warm-up alone (`--steps 0 --out W`), then the same options "
                         "with `--init-from W` for the plays, which continue its log and clock (AdamW starts afresh)")
     print(f"""# llama3-tiny: a small Llama 3 trained on Shakespeare

@@ -292,7 +292,7 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
     text_ids = val_ids[:cfg.seq_len].tolist()  # the start of a held-out play, for the previous-token score
     rows, t0, data = [], time.time(), batches(tr, cfg, gen, pool if cfg.copy_rows else None, bos)
     warm_steps, recent, step = cfg.copy_warmup, [], 0  # warm_steps shrinks to where the warm-up stopped
-    if init_from and (done := finished_warmup(init_from, cfg)):  # its warm-up is ours: on to the plays
+    if done := init_from and finished_warmup(init_from, cfg):  # its warm-up is ours: on to the plays
         (rows, warm_steps), step = done, done[1]
         t0 -= rows[-1]["seconds"]
         log(f"{init_from}: copy warm-up done at step {warm_steps}; plays from here (fresh AdamW state)")
@@ -353,7 +353,7 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
              "train_tokens": len(train_ids),
              "val_tokens": len(val_ids), "kept_ids": len(vocab.ids), "copy_pool_ids": len(pool), "device": dev,
              "cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "config": cfg.__dict__,
-             "init_from": init_from and str(init_from)}
+             "init_from": init_from and str(init_from), "warmup_from": init_from and done and str(init_from)}
     meta = model.to("cpu").to_meta()
     for name, (i, h, v) in (("induction", heads.best(heads.induction_scores(meta, args, tok))),
                             ("prev", heads.best(heads.prev_scores(meta, args, text_ids)))):

@@ -96,6 +96,7 @@ def test_copy_warmup_stops_when_the_copy_loss_is_low(tmp_path):
     before = float(rows[59]["seconds"])                            # the clock goes on from the warm-up's
     assert float(rows[60]["seconds"]) >= before and stats["wall_seconds"] >= before
     assert stats["tokens_seen"] == 8 * (60 * cfg.copy_seq_len + 3 * 64)
+    assert stats["warmup_from"] == str(tmp_path / "b")            # the card says the warm-up ran on its own
     with pytest.raises(ValueError, match="copy_lr"):              # another warm-up recipe: refused, not mixed
         train_module.train(tmp_path / "d", TrainConfig(steps=3, seq_len=64, copy_warmup=60, copy_lr=5e-4),
                            args_dict=shape, log=lambda *a: None, progress=False, init_from=tmp_path / "b")
