@@ -10,6 +10,18 @@ def available_devices():
     return out + ["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else out
 
 
+def cpu_vendor():
+    """The CPU vendor from /proc/cpuinfo ('AuthenticAMD', 'GenuineIntel', ...), or '' where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def pick_device(value=None):
     """cuda > mps > cpu, unless value (default: the LLAMA3_DEVICE variable) names one. Chosen once, at import."""
     value = os.environ.get("LLAMA3_DEVICE", "") if value is None else value

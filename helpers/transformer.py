@@ -11,28 +11,12 @@ from collections.abc import Sequence
 import torch
 
 from helpers.device import DEVICE
-
-
-CHUNK = 1 << 19  # elements of a bf16 matrix upcast at a time: 2 MB of fp32 stays in cache (bench/scale.py)
+from helpers.upcast import CHUNK, matmul_upcast, upcast_rows  # noqa: F401 (CHUNK, upcast_rows: re-exported)
 
 
 def fp32(weights, name):
     """One tensor of the checkpoint, upcast to fp32 on DEVICE."""
     return weights[name].to(device=DEVICE, dtype=torch.float32)
-
-
-_chunk = {}
-
-
-def upcast_rows(w, r, rows):
-    """fp32 copy of w[r:r+rows] on DEVICE in one reused buffer (valid until the next call): a fresh
-    fp32 matrix per use would cost a page fault per 4 KB, several times the upcast itself."""
-    block = w[r:r + rows]
-    buf = _chunk.get(DEVICE)
-    if buf is None or buf.numel() < block.numel():
-        with torch.inference_mode(False):  # a normal tensor: reusable inside and outside inference_mode
-            buf = _chunk[DEVICE] = torch.empty(block.numel(), device=DEVICE)
-    return buf[:block.numel()].view(block.shape).copy_(block)
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -48,7 +32,7 @@ def check_precision(precision):
 
 
 def linear(x, weights, name, precision="fp32"):
-    """x @ W.T for W = weights[name] [out, in], upcasting W a block of rows at a time.
+    """x @ W.T for W = weights[name] [out, in], upcasting W a block of rows at a time (helpers.upcast).
 
     precision="bf16": one bf16 matmul instead (x rounded to bf16, fp32 accumulation inside the kernel, the
     output rounded to bf16 as Hugging Face's bf16 model does), returned as fp32; no fp32 copy of W."""
@@ -57,8 +41,7 @@ def linear(x, weights, name, precision="fp32"):
         return (x.to(torch.bfloat16) @ w.to(device=DEVICE, dtype=torch.bfloat16).T).float()
     if w.dtype == torch.float32 or (torch.is_grad_enabled() and x.requires_grad):  # fp32_weights, autograd
         return x @ fp32(weights, name).T
-    rows = max(1, CHUNK // w.shape[1])
-    return torch.cat([x @ upcast_rows(w, r, rows).T for r in range(0, w.shape[0], rows)], dim=-1)
+    return matmul_upcast(x, w)
 
 
 def rms_norm(x, weight, eps):

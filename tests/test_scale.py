@@ -143,10 +143,11 @@ def test_scale_harness_small(tied_dir, tmp_path):
     assert res["ours_vs_hf"]["top5_overlap"] == 5
 
 
-@pytest.mark.parametrize("shape", [(20000, 64), (300, 4096), (2, 1 << 20)])   # ragged tail; rows > CHUNK
-def test_linear_blocks_equal_whole_matrix(shape):
+@pytest.mark.parametrize("n_in", [64, 4096, 1 << 20])
+def test_linear_blocks_equal_whole_matrix(n_in):
     """helpers.model.linear upcasts a few rows at a time into a reused buffer: same product, any shape."""
     from helpers.model import CHUNK, linear
+    shape = (2 * max(1, CHUNK // n_in) + 3, n_in)                 # two blocks of rows and a ragged tail
     g = torch.Generator().manual_seed(0)
     w = {"w": torch.randn(shape, generator=g).to(torch.bfloat16)}
     x = torch.randn(5, shape[1], generator=g)
@@ -154,8 +155,49 @@ def test_linear_blocks_equal_whole_matrix(shape):
     tol = dict(rtol=1e-5, atol=1e-5 * shape[1] ** 0.5)          # fp32 sums of K terms: error ~ sqrt(K)
     torch.testing.assert_close(linear(x, w, "w"), want, **tol)
     torch.testing.assert_close(linear(x, w, "w"), want, **tol)  # buffer reuse leaves no stale rows
-    assert shape[0] > max(1, CHUNK // shape[1])                  # really more than one block
     xg = x.clone().requires_grad_()
     linear(xg, w, "w").sum().backward()                      # autograd takes the plain path
     grad = w["w"].double().sum(0).float().expand_as(x)             # d(sum)/dx: the column sums of W
     torch.testing.assert_close(xg.grad, grad, rtol=1e-5, atol=1e-5 * shape[0] ** 0.5)  # K = rows here
+
+
+@pytest.mark.parametrize("T", [1, 8, 9])                      # decode rows (threaded) and a prompt (not)
+@pytest.mark.parametrize("inference", [False, True])
+def test_decode_threads_same_product(T, inference):
+    """helpers.upcast.matmul_upcast: up to DECODE_ROWS rows of x, each thread upcasts and multiplies its own
+    blocks; the product equals the one-thread blocked product, and torch's thread count is left as it was."""
+    from helpers import upcast
+    rows = max(1, upcast.CHUNK // 256)
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(5 * rows + 3, 256, generator=g).to(torch.bfloat16)   # five blocks and a ragged tail
+    x = torch.randn(T, 256, generator=g)
+    n = torch.get_num_threads()
+    torch.set_num_threads(max(n, 2))                                     # the threaded path needs 2+ threads
+    try:
+        with torch.inference_mode(inference):
+            got = upcast.matmul_upcast(x, w)
+            assert torch.get_num_threads() == max(n, 2)
+            torch.set_num_threads(1)                                     # one thread: the plain blocked path
+            want = upcast.matmul_upcast(x, w)
+    finally:
+        torch.set_num_threads(n)
+    assert got.shape == (T, w.shape[0]) and got.dtype == torch.float32 and got.is_inference() == inference
+    tol = dict(rtol=1e-5, atol=1e-5 * 256 ** 0.5)                       # fp32 sums of 256 terms, any order
+    torch.testing.assert_close(got, want, **tol)
+    torch.testing.assert_close(got, (x.double() @ w.double().T).float(), **tol)
+
+
+def test_decode_blocks_seen_by_flop_counter():
+    """A dispatch mode is per thread: under FlopCounterMode the blocks stay on this thread and are all counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from helpers import upcast
+    w = torch.randn(3 * max(1, upcast.CHUNK // 256) + 1, 256).to(torch.bfloat16)
+    n = torch.get_num_threads()
+    torch.set_num_threads(max(n, 2))
+    try:
+        with FlopCounterMode(display=False) as counter:
+            upcast.matmul_upcast(torch.randn(1, 256), w)
+    finally:
+        torch.set_num_threads(n)
+    assert counter.get_total_flops() == 2 * w.numel()
