@@ -12,6 +12,8 @@ Parts:
   ours   helpers.model.forward on the demo prompt (mmap'd bf16, one tensor upcast at a time, last_only),
          greedy decode with the KV cache (helpers.model.generate), and the bandwidth bounds of the same bytes
   ours_bf16  the same with precision="bf16" (the weight matmuls in bf16, fp32 accumulation; no upcast)
+  ours_int8  the same on int8 weights (helpers.quant.int8_weights, in memory: every matrix but the embedding,
+         one scale per row), each matmul PyTorch's int8 weight-only kernel on bf16 activations
   hf     transformers LlamaForCausalLM in bf16 on the same weights (helpers.reference.hf_model, assigned from
          the mmap: no copy except the wq/wk rows HF orders differently), forward + greedy decode
   naive  torch.load without mmap (every byte read into RAM), then every tensor upcast to fp32
@@ -81,6 +83,14 @@ def part_ours(a, peak, precision="fp32"):
     peak.stage = "load"
     (weights, args), res["load_s"] = timed(lambda: load_checkpoint(a.model_dir))
     tok = load_tokenizer(a.model_dir)
+    int8 = precision == "int8"
+    if int8:                                  # int8 weight-only (helpers.quant.int8_weights)
+        from helpers.quant import int8_weights
+        peak.stage = "quantize"
+        weights, res["quantize_s"] = timed(lambda: int8_weights(weights))
+        res["int8_matrix_bytes"] = sum(t.numel() * t.element_size() for n, t in weights.items()
+                                       if t.dtype == torch.int8 or n.endswith("_scale"))
+        precision = "bf16"                    # the kernel is fast on bf16 activations (fp32: 6x slower decode here)
     ids = facts.PROMPT_IDS
     peak.stage = "forward"
     with torch.inference_mode():
@@ -103,7 +113,7 @@ def part_ours(a, peak, precision="fp32"):
         res["prefill_s"] = round(stamps[0] - t0, 3)
         res["decode_s_per_token"] = [round(t1 - t0, 3) for t0, t1 in zip(stamps, stamps[1:])]
         res["peak_rss_anon_decode"] = peak.peak_anon
-    if a.bandwidth:
+    if a.bandwidth and not int8:
         peak.stage = "bandwidth"
         res["bandwidth"] = bandwidth(weights)
     return res
@@ -176,7 +186,7 @@ def part_probe(a, peak):
 
 
 PARTS = {"probe": part_probe, "ours": part_ours, "ours_bf16": lambda a, peak: part_ours(a, peak, "bf16"),
-         "hf": part_hf, "naive": part_naive}
+         "ours_int8": lambda a, peak: part_ours(a, peak, "int8"), "hf": part_hf, "naive": part_naive}
 
 
 def child(a):
@@ -226,7 +236,7 @@ def run_part(part, a, tmp, cap):
 
 
 def compare(tmp, ours="ours"):
-    """ours (or ours_bf16) vs HF on the same weights: top-1 and the largest logit difference."""
+    """ours (or ours_bf16, ours_int8) vs HF on the same weights: top-1 and the largest logit difference."""
     import torch
     a, b = tmp / f"{ours}.logits.pt", tmp / "hf.logits.pt"
     if not (a.exists() and b.exists()):
@@ -272,7 +282,7 @@ def main(argv=None):
             "torch": torch.__version__, "model_dir": a.model_dir, "cmd": " ".join(sys.argv)}
     print(json.dumps(info), flush=True)
     results = {"info": info, "parts": [run_part(s, a, tmp, cap) for s in parts]}
-    for ours in ("ours", "ours_bf16"):
+    for ours in ("ours", "ours_bf16", "ours_int8"):
         if {ours, "hf"} <= set(parts):
             results[f"{ours}_vs_hf"] = compare(tmp, ours)
             print(json.dumps({f"{ours}_vs_hf": results[f"{ours}_vs_hf"]}), flush=True)

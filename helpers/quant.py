@@ -136,6 +136,23 @@ def bytes_per_format(args, fmt):
 # ---- the int8 weight-only matmul
 
 
+def int8_weights(weights, rows=4096):
+    """The weights for an int8 weight-only forward: every matrix but the embedding table becomes int8, its
+    per-row scales under name + "_scale"; helpers.transformer.linear then calls int8_linear. The embedding (a
+    row lookup, not a matmul) and the norms stay as they are. An in-memory format for forward/generate, not a
+    checkpoint. Quantized `rows` rows at a time (each row has its own scale: the same result), so no fp32 copy
+    of a whole matrix exists; a tied output matrix is quantized on its own (the embedding stays bf16)."""
+    out = {}
+    for name in weights:
+        t = weights[name]
+        if t.ndim != 2 or name == "tok_embeddings.weight":
+            out[name] = t
+            continue
+        parts = [quantize_int8(t[r:r + rows]) for r in range(0, t.shape[0], rows)]
+        out[name], out[name + "_scale"] = torch.cat([q for q, _ in parts]), torch.cat([s for _, s in parts])
+    return out
+
+
 def int8_linear(x, q, scale):
     """x @ (q * scale).T without materialising the dequantized matrix: PyTorch's private int8 weight-only
     kernel torch._weight_int8pack_mm when this build has one for x's device and dtype, else dequantize and

@@ -35,9 +35,15 @@ def linear(x, weights, name, precision="fp32"):
     """x @ W.T for W = weights[name] [out, in], upcasting W a block of rows at a time (helpers.upcast).
 
     precision="bf16": one bf16 matmul instead (x rounded to bf16, fp32 accumulation inside the kernel, the
-    output rounded to bf16 as Hugging Face's bf16 model does), returned as fp32; no fp32 copy of W."""
+    output rounded to bf16 as Hugging Face's bf16 model does), returned as fp32; no fp32 copy of W.
+    int8 W (helpers.quant.int8_weights): PyTorch's int8 weight-only kernel, on x in fp32 or (faster) bf16."""
     w = weights[name]
-    if precision != "fp32" and check_precision(precision) == "bf16":
+    bf16 = precision != "fp32" and check_precision(precision) == "bf16"
+    if w.dtype == torch.int8:             # helpers.quant.int8_weights; precision sets the activations' dtype
+        from helpers.quant import int8_linear
+        q, scale = w.to(DEVICE), weights[name + "_scale"].to(DEVICE)
+        return int8_linear(x.to(torch.bfloat16) if bf16 else x, q, scale).float()
+    if bf16:
         return (x.to(torch.bfloat16) @ w.to(device=DEVICE, dtype=torch.bfloat16).T).float()
     if w.dtype == torch.float32 or (torch.is_grad_enabled() and x.requires_grad):  # fp32_weights, autograd
         return x @ fp32(weights, name).T
@@ -275,15 +281,26 @@ def fp32_bytes(weights):
     return sum(4 * t.numel() for t in {id(t): t for t in weights.values()}.values())
 
 
+def is_int8(weights):
+    """weights made by helpers.quant.int8_weights (its scales are the only '_scale' keys); names only, so a
+    lazily merged multi-shard dict is not merged."""
+    return any(name.endswith("_scale") for name in weights)
+
+
 def auto_fp32(weights):
     """fp32_weights(weights) when that copy fits in FP32_AUTO_LIMIT (same numbers, no per-use upcasting), else
     weights as they are: the 8B keeps upcasting one block at a time."""
+    if is_int8(weights):                                                    # int8 weights stay int8
+        return weights
     return fp32_weights(weights) if fp32_bytes(weights) <= FP32_AUTO_LIMIT else weights
 
 
 def fp32_weights(weights, max_bytes=FP32_COPY_LIMIT):
     """Opt-in speed-up for small models: every tensor upcast to fp32 on DEVICE once, so generation
     stops re-upcasting bf16 matrices at every token. Same numbers; refuses above max_bytes."""
+    if is_int8(weights):
+        raise ValueError("these weights are int8 (helpers.quant.int8_weights): an fp32 copy of the int8 values "
+                         "would drop their scales; use them as they are, or the bf16 checkpoint")
     need = fp32_bytes(weights)                                              # before touching any tensor
     if need > max_bytes:
         raise ValueError(f"an fp32 copy of these weights needs {need / 2**30:.1f} GiB, over max_bytes="

@@ -5,6 +5,7 @@ memory; so each block of CHUNK elements goes into one reused fp32 buffer that st
 there. Figures and the sweeps behind the constants: bench/RESULTS.md.
 """
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -22,7 +23,7 @@ _pools = {}
 
 
 def buffer(key, n):
-    """A reused fp32 buffer of at least n elements on DEVICE, one per key (a thread)."""
+    """A reused fp32 buffer of at least n elements on DEVICE, one per key."""
     buf = _buffers.get(key)
     if buf is None or buf.numel() < n:
         with torch.inference_mode(False):  # a normal tensor: reusable inside and outside inference_mode
@@ -30,10 +31,11 @@ def buffer(key, n):
     return buf
 
 
-def upcast_rows(w, r, rows, key=None):
-    """fp32 copy of w[r:r+rows] on DEVICE in a reused buffer (valid until the next call with the same key)."""
+def upcast_rows(w, r, rows):
+    """fp32 copy of w[r:r+rows] on DEVICE in a reused buffer, one per thread (valid until this thread's next
+    call): callers on other threads, or a pool job still running after an interrupt, never share it."""
     block = w[r:r + rows]
-    return buffer((DEVICE, key), block.numel())[:block.numel()].view(block.shape).copy_(block)
+    return buffer((DEVICE, threading.get_ident()), block.numel())[:block.numel()].view(block.shape).copy_(block)
 
 
 def matmul_upcast(x, w):
@@ -43,29 +45,31 @@ def matmul_upcast(x, w):
     one core each. With one parallel upcast and one parallel matmul per block instead, a step of the 8B costs
     hundreds of fork/joins per layer, which on the AMD EPYC measured were at times 2.5x slower for many seconds."""
     rows = max(1, CHUNK // w.shape[1])
-    n = torch.get_num_threads()
-    if x.shape[0] <= DECODE_ROWS and x.device.type == "cpu" and n > 1 and w.shape[0] > rows and not modes():
+    n, blocks = torch.get_num_threads(), -(-w.shape[0] // rows)
+    # with fewer blocks than threads, one parallel op per block keeps more cores busy
+    if x.shape[0] <= DECODE_ROWS and x.device.type == "cpu" and 1 < n <= blocks and not modes():
         return threaded(x, w, rows, n)
     return torch.cat([x @ upcast_rows(w, r, rows).T for r in range(0, w.shape[0], rows)], dim=-1)
 
 
 def modes():
     """True inside a torch function/dispatch mode (FlopCounterMode, ...): those are per thread, so a pool
-    thread's ops would escape them."""
-    return torch._C._len_torch_dispatch_stack() > 0 or torch._C._len_torch_function_stack() > 0
+    thread's ops would escape them. True too if this torch cannot tell (private API)."""
+    counts = [getattr(torch._C, f, None) for f in ("_len_torch_dispatch_stack", "_len_torch_function_stack")]
+    return None in counts or any(c() > 0 for c in counts)
 
 
 def threaded(x, w, rows, n):
     """matmul_upcast on n threads of one core each: thread k takes blocks k, k+n, k+2n, ..."""
     key = (os.getpid(), n)  # a forked child inherits the pool but not its threads: it makes its own
     pool = _pools.get(key) or _pools.setdefault(key, ThreadPoolExecutor(n, thread_name_prefix="upcast"))
-    y = torch.empty(x.shape[0], w.shape[0])
+    y = torch.empty(x.shape[0], w.shape[0], dtype=torch.float32)
     starts = range(0, w.shape[0], rows)
 
     def work(k):
         with torch.inference_mode():  # no autograd here (linear sends those inputs elsewhere); y may be either kind
             for r in starts[k::n]:
-                torch.mm(x, upcast_rows(w, r, rows, key=k).T, out=y[:, r:r + rows])
+                torch.mm(x, upcast_rows(w, r, rows).T, out=y[:, r:r + rows])
 
     torch.set_num_threads(1)  # the pool's threads start (and keep) one core each; ops run serially inside
     try:

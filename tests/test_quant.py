@@ -117,3 +117,61 @@ def test_bytes_per_format_8b():
     assert n < bytes_per_format(args, "int8") < 1.001 * n
     # Q4_0: 18 bytes per 32 weights = 4.5 bits
     assert abs(bytes_per_format(args, "int4-32") / n - 4.5 / 8) < 1e-3
+
+
+def small_model(tied=False):
+    from helpers.random_checkpoint import random_weights
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32)
+    w = random_weights(args, seed=3)
+    if tied:
+        w["output.weight"] = w["tok_embeddings.weight"]
+    return w, args
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_int8_weights_forward_equals_dequantized(tied):
+    """forward on int8_weights (the int8 weight-only kernel in every matmul) = forward on the same int8 values
+    dequantized to fp32, with the embedding table kept as it is."""
+    from helpers.model import forward
+    from helpers.quant import int8_weights
+    w, args = small_model(tied)
+    q = int8_weights(w, rows=7)                                   # ragged blocks of rows: same as whole matrices
+    assert q["layers.0.attention.wq.weight"].dtype == torch.int8
+    assert q["tok_embeddings.weight"] is w["tok_embeddings.weight"]      # a row lookup: left as it is
+    whole = int8_weights(w)
+    assert q.keys() == whole.keys()
+    for name in q:
+        assert torch.equal(q[name], whole[name])                            # values and scales
+    deq = {n: dequantize_int8(q[n], q[n + "_scale"]) if q[n].dtype == torch.int8 else q[n]
+           for n in w}
+    ids = [1, 5, 9, 200, 7, 3]
+    got = forward(q, args, ids)
+    torch.testing.assert_close(got, forward(deq, args, ids), rtol=1e-4, atol=1e-4)
+    assert (got - forward(w, args, ids)).abs().max() > 0             # it really is quantized
+
+
+def test_int8_weights_generate_and_no_fp32_copy():
+    from helpers.model import fp32_weights, generate
+    from helpers.quant import int8_weights
+    from helpers.tokenizer import load_tokenizer
+    w, args = small_model()
+    q = int8_weights(w)
+    tok = load_tokenizer()
+    ids = [1, 5, 9]
+    assert generate(q, args, tok, ids, 4, temperature=0) == generate(
+        {n: dequantize_int8(q[n], q[n + "_scale"]) if q[n].dtype == torch.int8 else q[n] for n in w},
+        args, tok, ids, 4, temperature=0)
+    with pytest.raises(ValueError, match="int8"):
+        fp32_weights(q)
+
+
+def test_int8_weights_bf16_activations():
+    """precision="bf16" on int8 weights: the same kernel on bf16 activations, close to the fp32 ones."""
+    from helpers.model import forward
+    from helpers.quant import int8_weights
+    w, args = small_model()
+    q = int8_weights(w)
+    ids = [1, 5, 9, 200, 7, 3]
+    exact, fast = forward(q, args, ids), forward(q, args, ids, precision="bf16")
+    assert (exact - fast).abs().max() > 0                                  # bf16 rounding: really the other path
+    torch.testing.assert_close(fast, exact, rtol=0.05, atol=0.05 * exact.abs().max().item())

@@ -143,11 +143,15 @@ def test_scale_harness_small(tied_dir, tmp_path):
     assert res["ours_vs_hf"]["top5_overlap"] == 5
 
 
-@pytest.mark.parametrize("n_in", [64, 4096, 1 << 20])
-def test_linear_blocks_equal_whole_matrix(n_in):
+@pytest.mark.parametrize("n_in", [64, 4096, "over"])
+def test_linear_blocks_equal_whole_matrix(n_in, monkeypatch):
     """helpers.model.linear upcasts a few rows at a time into a reused buffer: same product, any shape."""
-    from helpers.model import CHUNK, linear
-    shape = (2 * max(1, CHUNK // n_in) + 3, n_in)                 # two blocks of rows and a ragged tail
+    from helpers import upcast
+    from helpers.model import linear
+    if n_in == "over":                                            # a row longer than a block: one row at a time
+        monkeypatch.setattr(upcast, "CHUNK", 64)
+        n_in = 100
+    shape = (2 * max(1, upcast.CHUNK // n_in) + 3, n_in)          # two blocks of rows and a ragged tail
     g = torch.Generator().manual_seed(0)
     w = {"w": torch.randn(shape, generator=g).to(torch.bfloat16)}
     x = torch.randn(5, shape[1], generator=g)
@@ -163,24 +167,28 @@ def test_linear_blocks_equal_whole_matrix(n_in):
 
 @pytest.mark.parametrize("T", [1, 8, 9])                      # decode rows (threaded) and a prompt (not)
 @pytest.mark.parametrize("inference", [False, True])
-def test_decode_threads_same_product(T, inference):
+def test_decode_threads_same_product(T, inference, monkeypatch):
     """helpers.upcast.matmul_upcast: up to DECODE_ROWS rows of x, each thread upcasts and multiplies its own
     blocks; the product equals the one-thread blocked product, and torch's thread count is left as it was."""
     from helpers import upcast
+    calls = []
+    real = upcast.threaded
+    monkeypatch.setattr(upcast, "threaded", lambda *a: calls.append(a[-1]) or real(*a))
     rows = max(1, upcast.CHUNK // 256)
     g = torch.Generator().manual_seed(1)
     w = torch.randn(5 * rows + 3, 256, generator=g).to(torch.bfloat16)   # five blocks and a ragged tail
     x = torch.randn(T, 256, generator=g)
     n = torch.get_num_threads()
-    torch.set_num_threads(max(n, 2))                                     # the threaded path needs 2+ threads
+    torch.set_num_threads(2)                                             # the threaded path needs 2+ threads
     try:
         with torch.inference_mode(inference):
             got = upcast.matmul_upcast(x, w)
-            assert torch.get_num_threads() == max(n, 2)
+            assert torch.get_num_threads() == 2
             torch.set_num_threads(1)                                     # one thread: the plain blocked path
             want = upcast.matmul_upcast(x, w)
     finally:
         torch.set_num_threads(n)
+    assert calls == ([2] if T <= upcast.DECODE_ROWS else [])           # threaded for decoding only
     assert got.shape == (T, w.shape[0]) and got.dtype == torch.float32 and got.is_inference() == inference
     tol = dict(rtol=1e-5, atol=1e-5 * 256 ** 0.5)                       # fp32 sums of 256 terms, any order
     torch.testing.assert_close(got, want, **tol)
@@ -194,10 +202,25 @@ def test_decode_blocks_seen_by_flop_counter():
     from helpers import upcast
     w = torch.randn(3 * max(1, upcast.CHUNK // 256) + 1, 256).to(torch.bfloat16)
     n = torch.get_num_threads()
-    torch.set_num_threads(max(n, 2))
+    torch.set_num_threads(2)                                            # enough blocks for 2 threads
     try:
         with FlopCounterMode(display=False) as counter:
             upcast.matmul_upcast(torch.randn(1, 256), w)
     finally:
         torch.set_num_threads(n)
     assert counter.get_total_flops() == 2 * w.numel()
+
+
+def test_scale_harness_int8(tied_dir, tmp_path):
+    """bench.scale's ours_int8 part: quantizes in the child, then times forward and decode on int8 weights."""
+    out = tmp_path / "scale.json"
+    cmd = [sys.executable, "-m", "bench.scale", "--model-dir", str(tied_dir), "--parts", "ours_int8",
+           "--decode", "2", "--repeat", "1", "--tmp", str(tmp_path / "w"), "--json", str(out)]
+    subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, check=True, capture_output=True, timeout=300)
+    (part,) = json.loads(out.read_text())["parts"]
+    weights, _ = load_checkpoint(tied_dir)
+    matrices = [t for n, t in weights.items() if t.ndim == 2 and n != "tok_embeddings.weight"]
+    assert part["rc"] == 0 and part["quantize_s"] > 0 and part["logits_finite"]
+    # one byte per weight and one fp32 scale per row
+    assert part["int8_matrix_bytes"] == sum(t.numel() + 4 * t.shape[0] for t in matrices)
+    assert len(part["decode_tokens"]) == 3

@@ -254,3 +254,15 @@ def test_shard_that_is_not_a_state_dict_of_tensors(four):
     torch.save(sd, four / shard_name(1))
     with pytest.raises(CheckpointError, match=r"consolidated.01.pth: layers.0.ffn_norm.weight is a list, not a tensor"):
         load_checkpoint(four)
+
+
+def test_int8_weights_of_a_sharded_checkpoint(tmp_path):
+    """int8_weights on lazily merged shards (each merged tensor freed after use) = on the merged dict."""
+    from helpers.quant import int8_weights
+    d, weights, args = write(tmp_path, dict(SMALL, n_layers=4), 2)
+    w, _ = load_checkpoint(d)
+    assert isinstance(w, ShardedWeights)
+    got, want = int8_weights(w), int8_weights(weights)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
