@@ -119,7 +119,9 @@ def run_rank(model_dir, tokens, meta=False):
                  "shard_bytes": sum(t.nbytes for k, t in shard.items() if k != "output.weight"
                                     or t is not shard["tok_embeddings.weight"])}
         if meta:
-            return meta_rank_logits(shard, args, tokens, world), stats
+            logits = meta_rank_logits(shard, args, tokens, world)
+            dist.barrier()                 # no rank tears down while a peer still talks: gloo aborts it otherwise
+            return logits, stats
 
         def all_reduce(x):
             stats["all_reduce_floats"] += x.numel()
@@ -137,7 +139,9 @@ def run_rank(model_dir, tokens, meta=False):
             return torch.cat(out, dim=-1).to(x.device)
 
         with torch.inference_mode():
-            return rank_forward(shard, args, tokens, rank, world, all_reduce, all_gather), stats
+            logits = rank_forward(shard, args, tokens, rank, world, all_reduce, all_gather)
+        dist.barrier()
+        return logits, stats
     finally:
         dist.destroy_process_group()
 

@@ -1,8 +1,8 @@
 """x @ W.T in fp32 for a bf16 matrix W, without an fp32 copy of W: a block of rows is upcast at a time.
 
 helpers.transformer.linear's exact path. A full fp32 copy per use would cost a page fault per 4 KB and 2x the
-memory; so each block of CHUNK elements goes into one reused fp32 buffer that stays in cache, and is multiplied
-there. Figures and the sweeps behind the constants: bench/RESULTS.md.
+memory; so each block of CHUNK elements goes into a reused fp32 buffer (one per thread) that stays in cache,
+and is multiplied there. Figures and the sweeps behind the constants: bench/RESULTS.md.
 """
 import os
 import threading
