@@ -10,16 +10,21 @@ def available_devices():
     return out + ["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else out
 
 
-def cpu_vendor():
-    """The CPU vendor from /proc/cpuinfo ('AuthenticAMD', 'GenuineIntel', ...), or '' where there is none."""
+def cpuinfo(key):
+    """The first value of key in /proc/cpuinfo ('vendor_id': 'AuthenticAMD'; 'model name'), or '' where none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("vendor_id"):
+                if line.startswith(key):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
+
+
+def cpu_vendor():
+    """'AuthenticAMD', 'GenuineIntel', ..., or '' off Linux."""
+    return cpuinfo("vendor_id")
 
 
 def pick_device(value=None):

@@ -16,11 +16,11 @@ import math
 import os
 import platform
 import time
-from pathlib import Path
 
 import torch
 
 from helpers import heads
+from helpers.device import cpuinfo
 from helpers.files import write_json
 from helpers.model import auto_fp32, forward
 
@@ -155,11 +155,7 @@ def fit_bigram(train, vocab_size, dev_frac=0.1, lams=LAMS, mus=MUS):
 
 def cpu_name():
     """the CPU model, for recording where a figure was measured."""
-    info = Path("/proc/cpuinfo")
-    for line in info.read_text().splitlines() if info.is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def head_scores(weights, args, tokenizer, val_ids, window=512):

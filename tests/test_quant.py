@@ -128,6 +128,11 @@ def small_model(tied=False):
     return w, args
 
 
+def dequantized_int8(q, w):
+    """int8_weights' matrices dequantized to fp32, under w's names; the rest as they are."""
+    return {n: dequantize_int8(q[n], q[n + "_scale"]) if q[n].dtype == torch.int8 else q[n] for n in w}
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_int8_weights_forward_equals_dequantized(tied):
     """forward on int8_weights (the int8 weight-only kernel in every matmul) = forward on the same int8 values
@@ -142,8 +147,7 @@ def test_int8_weights_forward_equals_dequantized(tied):
     assert q.keys() == whole.keys()
     for name in q:
         assert torch.equal(q[name], whole[name])                            # values and scales
-    deq = {n: dequantize_int8(q[n], q[n + "_scale"]) if q[n].dtype == torch.int8 else q[n]
-           for n in w}
+    deq = dequantized_int8(q, w)
     ids = [1, 5, 9, 200, 7, 3]
     got = forward(q, args, ids)
     torch.testing.assert_close(got, forward(deq, args, ids), rtol=1e-4, atol=1e-4)
@@ -158,9 +162,8 @@ def test_int8_weights_generate_and_no_fp32_copy():
     q = int8_weights(w)
     tok = load_tokenizer()
     ids = [1, 5, 9]
-    assert generate(q, args, tok, ids, 4, temperature=0) == generate(
-        {n: dequantize_int8(q[n], q[n + "_scale"]) if q[n].dtype == torch.int8 else q[n] for n in w},
-        args, tok, ids, 4, temperature=0)
+    assert generate(q, args, tok, ids, 4, temperature=0) == generate(dequantized_int8(q, w), args, tok, ids, 4,
+                                                                     temperature=0)
     with pytest.raises(ValueError, match="int8"):
         fp32_weights(q)
 
