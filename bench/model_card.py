@@ -10,7 +10,6 @@ continuations.
 import inspect
 import json
 import math
-import statistics
 import sys
 import zlib
 from pathlib import Path
@@ -24,22 +23,58 @@ from helpers.data import SDIST, SDIST_SHA256, VAL_PLAYS  # noqa: E402
 from helpers.evaluate import LAMS, MUS, cpu_name  # noqa: E402
 from helpers.model import generate  # noqa: E402
 from helpers.tokenizer import load_tokenizer  # noqa: E402
-from helpers.train import TrainConfig, read_log  # noqa: E402
+from helpers.train import BUDGET_PROBE, TrainConfig, lr_at, read_log  # noqa: E402
 
 PROMPTS = ["JULIET.\nO Romeo, Romeo! wherefore art", "What say you, my", "God save the"]
 
 
 def step_times(path, warm_steps=0):
-    """per phase (copy warm-up, plays): (name, steps, median seconds per step, fastest and slowest mean over 200
-    consecutive steps, or None for a shorter phase) from train_log.tsv."""
+    """per phase (copy warm-up, plays): (name, steps, mean seconds per step, fastest and slowest mean over 200
+    consecutive steps, or None for a shorter phase) from train_log.tsv (its clock has 0.1 s steps: means, not
+    medians, hold for fast steps)."""
     s = [float(r["seconds"]) for r in read_log(path)[0]]
     d = [b - a for a, b in zip([0.0] + s, s)]
     out = []
     for name, part in (("copy warm-up", d[:warm_steps]), ("plays", d[warm_steps:])):
         if part:
             means = [sum(part[i:i + 200]) / 200 for i in range(len(part) - 199)]
-            out.append((name, len(part), statistics.median(part), min(means, default=None), max(means, default=None)))
+            out.append((name, len(part), sum(part) / len(part), min(means, default=None), max(means, default=None)))
     return out
+
+
+def budget_note(cfg, stats):
+    """what --budget-minutes did to the run (helpers.train.fit_steps), if it had one."""
+    if not cfg.get("budget_minutes"):
+        return ""
+    asked = stats.get("steps_asked", cfg["steps"])
+    if asked == cfg["steps"]:
+        return f" The run had `--budget-minutes {cfg['budget_minutes']}`, which left the steps as asked."
+    plain, fitted = TrainConfig(**{**cfg, "steps": asked}), TrainConfig(**cfg)
+    gap = max(abs(lr_at(s, plain) - lr_at(s, fitted)) / lr_at(s, fitted) for s in range(BUDGET_PROBE))
+    return (f"\nThe run was started with `--steps {asked} --budget-minutes {cfg['budget_minutes']}`: after "
+            f"{BUDGET_PROBE} play steps the budget fitted {cfg['steps']:,} steps, and the cosine decay was fitted "
+            f"to them; `--steps {cfg['steps']}` from the start gives the same schedule but for the lr of the first "
+            f"{BUDGET_PROBE} play steps (within {100 * gap:.1f}%).")
+
+
+def train_time_note(stats):
+    """the recipe's measured step times on a CPU (bench/train_time.py --record), if recorded."""
+    t = stats.get("train_time")
+    if not t:
+        return ""
+    per = t["seconds_per_step"]
+    steps = [f"{per['copy_warmup']:.2f} s per copy warm-up step"] if "copy_warmup" in per else []
+    steps.append(f"{per['plays']:.2f} s per play step")
+    return (f"\nOn {t['cpu']} with {t['torch_threads']} torch threads the same steps take {' and '.join(steps)} "
+            f"(medians of {t['steps_timed']} of each, `{t['command']}`), so this run's "
+            f"{t['steps']['copy_warmup']:,} + {t['steps']['plays']:,} steps would take about "
+            f"**{t['estimated_hours']:.1f} hours** there, evaluations and head probes not counted. "
+            f"`--budget-minutes` fits the play steps to the time you have (judged after {BUDGET_PROBE} of them), "
+            "at the cost of a weaker model.")
+
+
+def notes_line(stats):
+    return f"\nNote: {stats['notes']}" if stats.get("notes") else ""
 
 
 def copy_rows_note(cfg, stats, warm):
@@ -118,7 +153,7 @@ def main():
                  "`python -m helpers.evaluate --record` first")
     cfg = stats["config"]
     defaults = TrainConfig().__dict__
-    recipe = all(defaults.get(k) == v for k, v in cfg.items())
+    recipe = all(defaults.get(k) == v for k, v in cfg.items() if k != "budget_minutes")
     n_total = sum(t.numel() for t in weights.values())
     n_emb = weights["tok_embeddings.weight"].numel() + weights["output.weight"].numel()
     kept, n_rare = stats["kept_ids"], ev["rare_ids"]
@@ -128,9 +163,9 @@ def main():
     raw = pth.read_bytes()
     packed = len(zlib.compress(raw, 6))
     warm = read_log(DEFAULT_DIR / "train_log.tsv")[1]
-    times = "; ".join(f"{name} ({n:,} steps): median {med:.2f} s per step" + (
-        f", the mean over 200 consecutive steps from {fast:.2f} to {slow:.2f} s" if fast is not None else "")
-        for name, n, med, fast, slow in step_times(DEFAULT_DIR / "train_log.tsv", warm))
+    times = "; ".join(f"{name} ({n:,} steps): {mean:.3f} s per step on average" + (
+        f", the mean over 200 consecutive steps from {fast:.3f} to {slow:.3f} s" if fast is not None else "")
+        for name, n, mean, fast, slow in step_times(DEFAULT_DIR / "train_log.tsv", warm))
     warm_line = (f"First a copy warm-up of {warm:,} steps (at most {cfg['copy_warmup']:,}; it stops once the mean "
                  f"copy loss of its last 50 steps is below {cfg['copy_stop']}) at lr {cfg['copy_lr'] or cfg['lr']} "
                  f"after {cfg['warmup']} warmup steps, held flat; then " if warm else "")
@@ -149,6 +184,10 @@ def main():
     if stats.get("warmup_from"):  # helpers.train.finished_warmup: the warm-up ran as its own command
         recipe_line += (", in two commands: the copy warm-up alone (`--steps 0 --out W`), then the same options "
                         "with `--init-from W` for the plays, which continue its log and clock (AdamW starts afresh)")
+    budget_line = budget_note(cfg, stats)
+    where = (f"device `{stats['device']}` ({stats['gpu']}), host CPU {stats.get('cpu', 'not recorded')}"
+             if stats.get("gpu") else f"device `{stats['device']}`, {stats['torch_threads']} torch threads, "
+             f"{stats.get('cpu', 'CPU model not recorded')}")
     print(f"""# llama3-tiny: a small Llama 3 trained on Shakespeare
 
 The default checkpoint of llama3-by-hand. Llama 3 8B in miniature: the same architecture, the untouched
@@ -206,14 +245,13 @@ Training tokens: {stats['train_tokens']:,}; held-out tokens: {stats['val_tokens'
 {recipe_line}:
 AdamW (betas 0.9/0.95, weight decay {cfg['weight_decay']} on matrices), batch {cfg['batch']} rows, gradient
 clipping 1.0, seed {cfg['seed']}. {warm_line}{cfg['steps']:,} steps on the plays ({cfg['seq_len']} tokens a row)
-at lr {cfg['lr']} with {cfg['warmup']} warmup steps and cosine decay to {cfg['min_lr']}.
+at lr {cfg['lr']} with {cfg['warmup']} warmup steps and cosine decay to {cfg['min_lr']}.{budget_line}
 {stats['tokens_seen']:,} tokens seen in all
 ({stats.get('play_tokens_seen', stats['tokens_seen']) / stats['train_tokens']:.1f} epochs of the plays).
 Dropout {cfg.get('dropout', 0.0)} (on the embeddings and each residual branch).{copy_note}
-Wall time {stats['wall_seconds'] / 60:.1f} min, device `{stats['device']}`, {stats['torch_threads']} torch
-threads, {stats.get('cpu', 'CPU model not recorded')}. From `train_log.tsv` (its times include the evaluation
+Wall time {stats['wall_seconds'] / 60:.1f} min, {where}. From `train_log.tsv` (its times include the evaluation
 every {cfg['eval_every']} steps{probe_note}):
-{times}.
+{times}.{train_time_note(stats)}{notes_line(stats)}
 
 ## Quality (held-out plays)
 Measured by `python -m helpers.evaluate --record` (`helpers/evaluate.py`) on {mach['cpu']}
@@ -235,7 +273,7 @@ the bigram both condition on it (the model also on the rest of the window before
 | interpolated bigram counted on the training plays (below) | {b['all']:.3f} |
 | uniform over the {args.vocab_size:,} ids | {ev['uniform']:.3f} |
 
-Margin over the bigram: {b['all'] - m['all']:.3f} nats/token.
+Margin over the bigram: {b['all'] - m['all']:.4f} nats/token.
 
 The bigram: p(b | a) = λ c(a,b)/c(a) + (1 − λ) u(b), with λ replaced by 0 when a never occurs as a context,
 and u(b) = (1 − μ) c(b)/N + μ/{args.vocab_size:,}, so every id has probability at least

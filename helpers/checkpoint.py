@@ -21,7 +21,7 @@ from helpers.tokenizer import count_tokens, tokenizer_file
 
 # sha256 of the bundled consolidated.00.pth, pinned in code so that nothing that writes checkpoints can
 # rewrite it; retraining the bundled model on purpose means updating this line
-DEFAULT_SHA256 = "21aba6c15a2618225e4c6fe1442abc0961e91091ae08e80c759b5f7508e52ac9"
+DEFAULT_SHA256 = "b74a818e7edf4b947d30815160e5ce7d4ef095f354978c96ff11860e47513820"
 
 
 def read_params(model_dir):

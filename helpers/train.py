@@ -1,7 +1,13 @@
 """Train the default model: a small Llama 3 on Shakespeare, saved in Meta's format.
 
     python -m helpers.train                          # the shipped run's recipe, written to runs/llama3-tiny
+    python -m helpers.train --budget-minutes 55      # ... its play steps fitted to 55 minutes (a weaker model)
     python -m helpers.train --out assets/llama3-tiny --overwrite-bundled   # replace the bundled model
+
+The shipped recipe ran in 3.2 minutes on an H200 GPU (shared with a second run) and would take about 6 hours
+on a 2-core CPU (bench/train_time.py measures it; the model card has both). --budget-minutes M times the first
+200 play steps and fits the rest, with the cosine decay, into M minutes from the start of the run (the final
+evaluation comes on top).
 
 Replacing the bundled model also means pinning its new sha256 in helpers/checkpoint.py (DEFAULT_SHA256, which
 the trainer prints and never edits); until then load_checkpoint() reports the bundled model as damaged.
@@ -14,9 +20,9 @@ writes each sequence K times, --copy-pool P draws from the P most frequent ids, 
 warm-up rows T long, --bos-rows B starts B play rows of every batch with <|begin_of_text|> as prompts start
 (copy rows start so too; without such play rows the model learns "bos first: copy" and prompts loop). The
 trainer logs the best induction and previous-token head scores every --probe-every steps in train_log.tsv.
-How long the copy loss sits near log(pool) before the heads appear varies from run to run (same seed, 2 CPU
-cores: 5,600 to 7,000 steps); --init-from DIR of a run that did the warm-up alone (--steps 0, same options)
-goes straight on to the plays, continuing its log and clock.
+How long the copy loss sits near log(pool) before the heads appear varies from run to run (same seed, batch 8
+on 2 CPU cores: 5,600 to 7,000 steps; the shipped batch-32 run: 1,353); --init-from DIR of a run that did the
+warm-up alone (--steps 0, same options) goes straight on to the plays, continuing its log and clock.
 
 Training uses fused ops (scaled_dot_product_attention); the by-hand path in helpers/model.py is for
 inference. Only the ids that occur in the training plays get rows of their own: rarer and unseen ids
@@ -29,7 +35,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -43,24 +49,24 @@ from helpers.evaluate import cpu_name
 from helpers.transformer import apply_rope, rope_rotations
 from helpers.tokenizer import load_tokenizer
 
-TINY = dict(dim=128, n_layers=6, n_heads=4, n_kv_heads=2, vocab_size=128256, multiple_of=64,
+TINY = dict(dim=160, n_layers=6, n_heads=4, n_kv_heads=2, vocab_size=128256, multiple_of=64,
             ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0)
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1750         # steps on the plays (after the copy warm-up, if any)
-    batch: int = 8
+    steps: int = 2960         # steps on the plays (after the copy warm-up, if any)
+    batch: int = 32
     seq_len: int = 512
     lr: float = 3e-3
     min_lr: float = 1e-4
     warmup: int = 60
     weight_decay: float = 0.1
-    dropout: float = 0.0      # on the embedding and each residual branch, training only
+    dropout: float = 0.25     # on the embedding and each residual branch, training only
     min_count: int = 3        # ids seen fewer times in training share the "rare" rows
-    copy_rows: int = 1        # rows of each batch that are repeated random tokens (copy_row), not plays
-    bos_rows: int = 4         # play rows of each batch that start with <|begin_of_text|>, as every prompt does
-    copy_warmup: int = 7000   # at most this many steps of copy rows only, before the plays (grows the induction head)
+    copy_rows: int = 4        # rows of each batch that are repeated random tokens (copy_row), not plays
+    bos_rows: int = 14        # play rows of each batch that start with <|begin_of_text|>, as every prompt does
+    copy_warmup: int = 12000  # at most this many steps of copy rows only, before the plays (grows the induction head)
     copy_stop: float = 1.0    # end the warm-up once its last 50 copy losses average below this; 0: never
     copy_lr: float = 2e-3     # the warm-up's flat lr (after the linear warmup); 0: lr
     copy_repeats: int = 4     # times each random sequence of a copy row is written
@@ -69,6 +75,7 @@ class TrainConfig:
     eval_every: int = 200
     probe_every: int = 100    # head scores (helpers.heads) logged this often; 0: never
     seed: int = 1337
+    budget_minutes: float = 0.0  # 0: none; else the play steps shrink to end the run in time (judged at play step 200)
 
 
 def lr_at(step, cfg, warm_steps=0):
@@ -81,6 +88,16 @@ def lr_at(step, cfg, warm_steps=0):
         return cfg.lr * (step + 1) / cfg.warmup
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
+
+
+BUDGET_PROBE = 200  # play steps timed before a budget fits the rest (past the lr warmup: the change is smooth)
+
+
+def fit_steps(cfg, elapsed, per_step, margin=0.95):
+    """play steps that end the run within cfg.budget_minutes, BUDGET_PROBE of them run after elapsed seconds at
+    per_step seconds each (evaluations and probes included); never fewer than the ones already run."""
+    left = cfg.budget_minutes * 60 - elapsed
+    return min(cfg.steps, BUDGET_PROBE + max(0, int(margin * left / per_step)))
 
 
 COPY_MIN_COUNT = 10  # copy rows use ids seen at least this often (5,000-odd of them), specials excluded
@@ -269,6 +286,7 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
     from tqdm.auto import tqdm
 
     check_not_bundled(out_dir, overwrite_bundled)  # before the long run, not after it
+    cfg, steps_asked = replace(cfg), cfg.steps  # a budget may shorten cfg.steps: the caller's config stays as given
     torch.manual_seed(cfg.seed)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     tok = load_tokenizer()
@@ -302,6 +320,8 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
         for g in opt.param_groups:
             g["lr"] = lr
         warm = step < warm_steps
+        if step == warm_steps:
+            t_plays = time.time()
         x, y = copy_batch(pool, bos, cfg, gen, seq_len=cfg.copy_seq_len) if warm else next(data)
         if warm:  # every scored target is a pool id: a softmax over the pool rows alone costs far less
             logits, y = model(x.to(dev), pool.to(dev)), torch.where(y == -100, -100, in_pool[y.clamp(min=0)])
@@ -318,6 +338,14 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
         row = {"step": step + 1, "lr": lr, "train_loss": nll[:n_text].mean().item() if n_text else None,
                "copy_loss": nll[n_text:][keep[n_text:]].mean().item() if n_text < cfg.batch else None,
                "seconds": round(time.time() - t0, 1)}
+        if cfg.budget_minutes and step + 1 == warm_steps + BUDGET_PROBE < warm_steps + cfg.steps:
+            fit = fit_steps(cfg, time.time() - t0, (time.time() - t_plays) / BUDGET_PROBE)
+            if fit < cfg.steps:
+                log(f"step {step + 1}: {cfg.steps:,} play steps would overrun --budget-minutes "
+                    f"{cfg.budget_minutes}: {fit:,} (cosine decay fitted to them)")
+                cfg.steps = fit
+                bar.total = warm_steps + cfg.steps
+                bar.refresh()
         last = step + 1 == warm_steps + cfg.steps
         if warm and cfg.copy_stop:  # the copy loss falls off its plateau once the induction head works
             recent = (recent + [row["copy_loss"]])[-50:]
@@ -347,11 +375,12 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
     model.round_to(torch.bfloat16)
     stats = {"val_loss": evaluate(model, va, cfg.seq_len), "train_loss_sample": evaluate(model, tr, cfg.seq_len, 64),
              "bigram": bigram_baseline(train_ids, val_ids, args.vocab_size), "wall_seconds": round(wall),
-             "copy_warmup_steps": warm_steps,
+             "copy_warmup_steps": warm_steps, "play_steps": cfg.steps, "steps_asked": steps_asked,
              "tokens_seen": cfg.batch * (warm_steps * (cfg.copy_seq_len or cfg.seq_len) + cfg.steps * cfg.seq_len),
              "play_tokens_seen": cfg.steps * (cfg.batch - cfg.copy_rows) * cfg.seq_len,
              "train_tokens": len(train_ids),
              "val_tokens": len(val_ids), "kept_ids": len(vocab.ids), "copy_pool_ids": len(pool), "device": dev,
+             "gpu": torch.cuda.get_device_name() if dev == "cuda" else None,
              "cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "config": cfg.__dict__,
              "init_from": init_from and str(init_from), "warmup_from": init_from and done and str(init_from)}
     meta = model.to("cpu").to_meta()
@@ -389,6 +418,8 @@ def main():
                              f"minus --copy-rows {a['copy_rows']}")
         if init_from:
             finished_warmup(init_from, TrainConfig(**a))
+        if a["budget_minutes"] < 0:
+            raise ValueError(f"--budget-minutes {a['budget_minutes']}: minutes >= 0 (0: no budget)")
         if a["copy_repeats"] < 2 or a["copy_pool"] < 0 or a["copy_seq_len"] < 0 or a["copy_warmup"] < 0:
             raise ValueError(f"--copy-repeats {a['copy_repeats']} --copy-pool {a['copy_pool']} --copy-seq-len "
                              f"{a['copy_seq_len']} --copy-warmup {a['copy_warmup']}: each copied sequence is "

@@ -1,5 +1,6 @@
 import math
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -73,20 +74,23 @@ def test_lr_schedule_after_a_copy_warmup():
     assert lr_at(5, TrainConfig(warmup=10, lr=1e-3, copy_lr=0), 30) == pytest.approx(6e-4)  # copy_lr 0: lr
 
 
+B8 = dict(batch=8, copy_rows=1, bos_rows=4)  # the batch the tests below count with
+
+
 def test_copy_warmup_stops_when_the_copy_loss_is_low(tmp_path):
     shape = dict(train_module.TINY, dim=32, n_layers=1, n_heads=2, n_kv_heads=1)
-    cfg = TrainConfig(steps=3, seq_len=64, copy_warmup=80, copy_stop=100.0, copy_seq_len=128, probe_every=0,
+    cfg = TrainConfig(**B8, steps=3, seq_len=64, copy_warmup=80, copy_stop=100.0, copy_seq_len=128, probe_every=0,
                       eval_every=1000)
     _, stats = train_module.train(tmp_path, cfg, args_dict=shape, log=lambda *a: None, progress=False)
     rows = (tmp_path / "train_log.tsv").read_text().splitlines()[1:]
     assert stats["copy_warmup_steps"] == 50 and len(rows) == 53   # any loss < 100: stops once 50 are averaged
     assert [r.split("\t")[2] != "" for r in rows[48:]] == [False, False, True, True, True]  # then the plays
     assert stats["tokens_seen"] == 8 * (50 * 128 + 3 * 64)
-    cfg = TrainConfig(steps=0, seq_len=64, copy_warmup=60, copy_stop=0.0, probe_every=0, eval_every=1000)
+    cfg = TrainConfig(**B8, steps=0, seq_len=64, copy_warmup=60, copy_stop=0.0, probe_every=0, eval_every=1000)
     _, stats = train_module.train(tmp_path / "b", cfg, args_dict=shape, log=lambda *a: None, progress=False)
     assert stats["copy_warmup_steps"] == 60                       # copy_stop 0: the whole warm-up
     # a warm-up alone, given as init_from to the same settings with play steps: one log, one clock, one schedule
-    cfg = TrainConfig(steps=3, seq_len=64, copy_warmup=60, copy_stop=0.0, probe_every=0, eval_every=1000)
+    cfg = TrainConfig(**B8, steps=3, seq_len=64, copy_warmup=60, copy_stop=0.0, probe_every=0, eval_every=1000)
     _, stats = train_module.train(tmp_path / "c", cfg, args_dict=shape, log=lambda *a: None, progress=False,
                                   init_from=tmp_path / "b")
     rows, warm = train_module.read_log(tmp_path / "c" / "train_log.tsv")
@@ -98,7 +102,7 @@ def test_copy_warmup_stops_when_the_copy_loss_is_low(tmp_path):
     assert stats["tokens_seen"] == 8 * (60 * cfg.copy_seq_len + 3 * 64)
     assert stats["warmup_from"] == str(tmp_path / "b")            # the card says the warm-up ran on its own
     with pytest.raises(ValueError, match="copy_lr"):              # another warm-up recipe: refused, not mixed
-        train_module.train(tmp_path / "d", TrainConfig(steps=3, seq_len=64, copy_warmup=60, copy_lr=5e-4),
+        train_module.train(tmp_path / "d", TrainConfig(**B8, steps=3, seq_len=64, copy_warmup=60, copy_lr=5e-4),
                            args_dict=shape, log=lambda *a: None, progress=False, init_from=tmp_path / "b")
 
 
@@ -208,10 +212,10 @@ def test_copy_rows_with_more_repeats_score_every_later_copy():
         assert any(x[j + 1] == y[t] for j in range(1, t) if x[j] == x[t])
 
 
-def test_copy_options_out_of_range_are_one_clear_error(monkeypatch, capsys):
+def test_copy_options_out_of_range_are_one_clear_error(monkeypatch, capsys):  # bos rows: at most 28 of 32
     with pytest.raises(ValueError, match="repeats=1"):
         data.copy_row(torch.arange(10), 0, 20, torch.Generator(), repeats=1)
-    for flag, value in (("--copy-repeats", "1"), ("--copy-pool", "-5"), ("--copy-seq-len", "-1"), ("--bos-rows", "9")):
+    for flag, value in (("--copy-repeats", "1"), ("--copy-pool", "-5"), ("--copy-seq-len", "-1"), ("--bos-rows", "29")):
         with pytest.raises(SystemExit) as e:
             run_main(monkeypatch, flag, value)
         assert e.value.code == 2 and flag in capsys.readouterr().err
@@ -268,3 +272,24 @@ def test_evaluate_counts_rare_ids_like_the_trainer():
     from helpers import evaluate
     assert inspect.signature(evaluate.evaluate).parameters["min_count"].default is None  # the run's own, else:
     assert evaluate.MIN_COUNT == TrainConfig().min_count
+
+
+def test_budget_fits_the_play_steps_to_the_time_left(tmp_path, monkeypatch):
+    cfg = TrainConfig(steps=1000, budget_minutes=2.0)
+    assert train_module.fit_steps(cfg, elapsed=60.0, per_step=0.1) == 200 + int(0.95 * 60 / 0.1)  # 770
+    assert train_module.fit_steps(cfg, elapsed=10.0, per_step=0.01) == 1000   # time to spare: steps as asked
+    assert train_module.fit_steps(cfg, elapsed=500.0, per_step=0.1) == 200    # overrun already: stop at once
+    shape = dict(train_module.TINY, dim=32, n_layers=1, n_heads=2, n_kv_heads=1)
+    cfg = TrainConfig(steps=400, seq_len=32, batch=2, copy_rows=1, bos_rows=1, copy_warmup=0, probe_every=0,
+                      eval_every=10_000, budget_minutes=1e-4)
+    _, stats = train_module.train(tmp_path, cfg, args_dict=shape, log=lambda *a: None, progress=False)
+    rows, _ = train_module.read_log(tmp_path / "train_log.tsv")
+    assert stats["play_steps"] == stats["config"]["steps"] == len(rows) == 200 and cfg.steps == 400
+    fits = []                                                      # a fit between the two: the cosine ends with it
+    monkeypatch.setattr(train_module, "fit_steps", lambda c, elapsed, per_step: fits.append(per_step) or 260)
+    _, stats = train_module.train(tmp_path / "b", cfg, args_dict=shape, log=lambda *a: None, progress=False)
+    rows, _ = train_module.read_log(tmp_path / "b" / "train_log.tsv")
+    assert len(fits) == 1 and fits[0] > 0 and stats["play_steps"] == len(rows) == 260
+    assert [float(r["lr"]) for r in rows[200:]] == pytest.approx([lr_at(s, replace(cfg, steps=260)) for s in
+                                                                   range(200, 260)], abs=1e-6)  # lr logged to 1e-6
+    assert float(rows[-1]["lr"]) < 1.1 * cfg.min_lr
