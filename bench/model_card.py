@@ -48,7 +48,7 @@ def budget_note(cfg, stats):
         return ""
     asked = stats.get("steps_asked", cfg["steps"])
     if asked == cfg["steps"]:
-        return f" The run had `--budget-minutes {cfg['budget_minutes']}`, which left the steps as asked."
+        return f"\nThe run had `--budget-minutes {cfg['budget_minutes']}`, which left the steps as asked."
     plain, fitted = TrainConfig(**{**cfg, "steps": asked}), TrainConfig(**cfg)
     gap = max(abs(lr_at(s, plain) - lr_at(s, fitted)) / lr_at(s, fitted) for s in range(BUDGET_PROBE))
     return (f"\nThe run was started with `--steps {asked} --budget-minutes {cfg['budget_minutes']}`: after "
@@ -66,11 +66,11 @@ def train_time_note(stats):
     steps = [f"{per['copy_warmup']:.2f} s per copy warm-up step"] if "copy_warmup" in per else []
     steps.append(f"{per['plays']:.2f} s per play step")
     return (f"\nOn {t['cpu']} with {t['torch_threads']} torch threads the same steps take {' and '.join(steps)} "
-            f"(medians of {t['steps_timed']} of each, `{t['command']}`), so this run's "
+            f"(means over {t['steps_timed']} of each, `{t['command']}`), so this run's "
             f"{t['steps']['copy_warmup']:,} + {t['steps']['plays']:,} steps would take about "
             f"**{t['estimated_hours']:.1f} hours** there, evaluations and head probes not counted. "
-            f"`--budget-minutes` fits the play steps to the time you have (judged after {BUDGET_PROBE} of them), "
-            "at the cost of a weaker model.")
+            f"`--budget-minutes` aims the play steps at the time you have (one estimate, after {BUDGET_PROBE} of "
+            f"them; the warm-up and those {BUDGET_PROBE} always run), at the cost of a weaker model.")
 
 
 def notes_line(stats):

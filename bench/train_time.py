@@ -1,17 +1,18 @@
-"""How long the bundled model's training recipe takes on this machine, measured, not guessed.
+"""How long the bundled model's training recipe takes on this machine's CPU, measured, not guessed.
 
     python bench/train_time.py              # time N steps of each phase with the bundled run's config
     python bench/train_time.py --record     # ... and store it as "train_time" in its train_stats.json
 
-Runs helpers.train.train with the config in assets/llama3-tiny/train_stats.json for --steps copy warm-up
-steps and --steps play steps (evaluations and head probes off, into a temp dir), takes the median seconds
-per step of each phase from its train_log.tsv, and scales them to the run's own step counts. The estimate
-leaves out what the run did besides steps: an evaluation every eval_every steps and head probes every
-probe_every steps. The model card prints the result beside the run's own wall time.
+Runs helpers.train.train on the CPU (also where there is a GPU) with the config in assets/llama3-tiny/train_stats.json
+for --steps copy warm-up steps and --steps play steps (evaluations and head probes off, into a temp dir), takes
+the mean seconds per step of each phase from its train_log.tsv (the first 2 steps of each left out), and scales
+them to the run's own step counts. The estimate leaves out what the run did besides steps: an evaluation every
+eval_every steps and head probes every probe_every steps. After the timed steps the trainer still evaluates
+and saves its model, which takes a few minutes more. The model card prints the result beside the run's own
+wall time.
 """
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -25,20 +26,26 @@ from helpers.files import write_json  # noqa: E402
 from helpers.train import TrainConfig, read_log, train  # noqa: E402
 
 
+SKIP = 2  # the first steps of each phase warm caches and allocators
+
+
+def per_step(seconds, warm):
+    """{phase: mean seconds per step} from train_log.tsv's clock (seconds at the end of each step, rounded to
+    0.1 s; a difference over many steps keeps that error small), the first SKIP steps of each phase left out."""
+    out = {"plays": (seconds[-1] - seconds[warm + SKIP - 1]) / (len(seconds) - warm - SKIP)}
+    if warm:
+        out["copy_warmup"] = (seconds[warm - 1] - seconds[SKIP - 1]) / (warm - SKIP)
+    return out
+
+
 def measure(stats, args, steps=20):
-    """{phase: median seconds per step} over `steps` steps of each phase, with the run's config."""
+    """{phase: mean seconds per step} over `steps` steps of each phase, with the run's config."""
     cfg = TrainConfig(**{**stats["config"], "steps": steps, "copy_warmup": steps if stats["copy_warmup_steps"] else 0,
                          "copy_stop": 0.0, "probe_every": 0, "eval_every": 10**9, "budget_minutes": 0.0})
     with tempfile.TemporaryDirectory() as tmp:
-        train(tmp, cfg, args_dict=args.to_params(), log=lambda *a: None, progress=False)
+        train(tmp, cfg, args_dict=args.to_params(), log=lambda *a: None, progress=False, device="cpu")
         rows, warm = read_log(Path(tmp) / "train_log.tsv")
-    s = [float(r["seconds"]) for r in rows]
-    d = [b - a for a, b in zip([0.0] + s, s)]
-    # the first steps of each phase warm caches and allocators: the median over the rest
-    out = {"plays": statistics.median(d[warm + 2:])}
-    if warm:
-        out["copy_warmup"] = statistics.median(d[2:warm])
-    return out
+    return per_step([float(r["seconds"]) for r in rows], warm)
 
 
 def main():
@@ -46,8 +53,8 @@ def main():
     p.add_argument("--steps", type=int, default=20, help="steps timed in each phase (default: %(default)s)")
     p.add_argument("--record", action="store_true", help="store the result in the bundled train_stats.json")
     a = p.parse_args()
-    if a.steps < 5:
-        p.error(f"--steps {a.steps}: time at least 5 steps of each phase")
+    if a.steps < SKIP + 3:
+        p.error(f"--steps {a.steps}: time at least {SKIP + 3} steps of each phase")
     path = DEFAULT_DIR / "train_stats.json"
     stats = json.loads(path.read_text())
     _, args = load_checkpoint()
@@ -55,7 +62,7 @@ def main():
     warm, plays = stats["copy_warmup_steps"], stats["config"]["steps"]
     est = warm * per.get("copy_warmup", 0.0) + plays * per["plays"]
     out = {"command": f"python bench/train_time.py --steps {a.steps} --record", "device": "cpu", "cpu": cpu_name(),
-           "torch_threads": torch.get_num_threads(), "steps_timed": a.steps,
+           "torch_threads": torch.get_num_threads(), "steps_timed": a.steps - SKIP,
            "seconds_per_step": {k: round(v, 3) for k, v in per.items()}, "steps": {"copy_warmup": warm, "plays": plays},
            "estimated_hours": round(est / 3600, 2)}
     print(json.dumps(out, indent=2))

@@ -6,8 +6,10 @@
 
 The shipped recipe ran in 3.2 minutes on an H200 GPU (shared with a second run) and would take about 6 hours
 on a 2-core CPU (bench/train_time.py measures it; the model card has both). --budget-minutes M times the first
-200 play steps and fits the rest, with the cosine decay, into M minutes from the start of the run (the final
-evaluation comes on top).
+200 play steps and fits the rest, with the cosine decay, into M minutes from the start of the run (of its
+warm-up run, with --init-from). That is one estimate, so the run may end a little early or late; the final
+evaluation comes on top; and the copy warm-up plus 200 play steps always run (for the shipped recipe on 2 CPU
+cores, about 40 minutes).
 
 Replacing the bundled model also means pinning its new sha256 in helpers/checkpoint.py (DEFAULT_SHA256, which
 the trainer prints and never edits); until then load_checkpoint() reports the bundled model as damaged.
@@ -75,7 +77,7 @@ class TrainConfig:
     eval_every: int = 200
     probe_every: int = 100    # head scores (helpers.heads) logged this often; 0: never
     seed: int = 1337
-    budget_minutes: float = 0.0  # 0: none; else the play steps shrink to end the run in time (judged at play step 200)
+    budget_minutes: float = 0.0  # 0: none; else the play steps shrink to aim the run's end at it (from play step 200)
 
 
 def lr_at(step, cfg, warm_steps=0):
@@ -90,12 +92,13 @@ def lr_at(step, cfg, warm_steps=0):
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
 
 
-BUDGET_PROBE = 200  # play steps timed before a budget fits the rest (past the lr warmup: the change is smooth)
+BUDGET_PROBE = 200  # play steps timed before a budget fits the rest (past the lr warmup; the lr then moves onto
+                    # the fitted cosine: a small step when the fit is close to --steps, a large one when far)
 
 
 def fit_steps(cfg, elapsed, per_step, margin=0.95):
-    """play steps that end the run within cfg.budget_minutes, BUDGET_PROBE of them run after elapsed seconds at
-    per_step seconds each (evaluations and probes included); never fewer than the ones already run."""
+    """given BUDGET_PROBE play steps done `elapsed` s into the run at `per_step` s each: the play steps that fit
+    cfg.budget_minutes, at most cfg.steps and never fewer than BUDGET_PROBE."""
     left = cfg.budget_minutes * 60 - elapsed
     return min(cfg.steps, BUDGET_PROBE + max(0, int(margin * left / per_step)))
 
@@ -282,13 +285,13 @@ def finished_warmup(run_dir, cfg):
 
 
 def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, init_from=None,
-          overwrite_bundled=False):
+          overwrite_bundled=False, device=None):
     from tqdm.auto import tqdm
 
     check_not_bundled(out_dir, overwrite_bundled)  # before the long run, not after it
     cfg, steps_asked = replace(cfg), cfg.steps  # a budget may shorten cfg.steps: the caller's config stays as given
     torch.manual_seed(cfg.seed)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tok = load_tokenizer()
     train_ids, val_ids = tokenize_split(tok)
     args = ModelArgs(**args_dict)
@@ -338,11 +341,13 @@ def train(out_dir, cfg=TrainConfig(), args_dict=TINY, log=print, progress=True, 
         row = {"step": step + 1, "lr": lr, "train_loss": nll[:n_text].mean().item() if n_text else None,
                "copy_loss": nll[n_text:][keep[n_text:]].mean().item() if n_text < cfg.batch else None,
                "seconds": round(time.time() - t0, 1)}
-        if cfg.budget_minutes and step + 1 == warm_steps + BUDGET_PROBE < warm_steps + cfg.steps:
-            fit = fit_steps(cfg, time.time() - t0, (time.time() - t_plays) / BUDGET_PROBE)
+        if cfg.budget_minutes and step + 1 - warm_steps == BUDGET_PROBE < cfg.steps:
+            elapsed = time.time() - t0
+            fit = fit_steps(cfg, elapsed, (time.time() - t_plays) / BUDGET_PROBE)
             if fit < cfg.steps:
+                over = f" (already {elapsed / 60:.1f} min in: stopping here)" if fit == BUDGET_PROBE else ""
                 log(f"step {step + 1}: {cfg.steps:,} play steps would overrun --budget-minutes "
-                    f"{cfg.budget_minutes}: {fit:,} (cosine decay fitted to them)")
+                    f"{cfg.budget_minutes}: {fit:,} (cosine decay fitted to them){over}")
                 cfg.steps = fit
                 bar.total = warm_steps + cfg.steps
                 bar.refresh()
@@ -416,10 +421,10 @@ def main():
         if not 0 <= a["bos_rows"] <= a["batch"] - a["copy_rows"]:
             raise ValueError(f"--bos-rows {a['bos_rows']}: at most the batch's play rows, --batch {a['batch']} "
                              f"minus --copy-rows {a['copy_rows']}")
+        if not 0 <= a["budget_minutes"] < math.inf:  # nan fails too
+            raise ValueError(f"--budget-minutes {a['budget_minutes']}: a number of minutes >= 0 (0: no budget)")
         if init_from:
             finished_warmup(init_from, TrainConfig(**a))
-        if a["budget_minutes"] < 0:
-            raise ValueError(f"--budget-minutes {a['budget_minutes']}: minutes >= 0 (0: no budget)")
         if a["copy_repeats"] < 2 or a["copy_pool"] < 0 or a["copy_seq_len"] < 0 or a["copy_warmup"] < 0:
             raise ValueError(f"--copy-repeats {a['copy_repeats']} --copy-pool {a['copy_pool']} --copy-seq-len "
                              f"{a['copy_seq_len']} --copy-warmup {a['copy_warmup']}: each copied sequence is "

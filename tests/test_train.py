@@ -215,7 +215,8 @@ def test_copy_rows_with_more_repeats_score_every_later_copy():
 def test_copy_options_out_of_range_are_one_clear_error(monkeypatch, capsys):  # bos rows: at most 28 of 32
     with pytest.raises(ValueError, match="repeats=1"):
         data.copy_row(torch.arange(10), 0, 20, torch.Generator(), repeats=1)
-    for flag, value in (("--copy-repeats", "1"), ("--copy-pool", "-5"), ("--copy-seq-len", "-1"), ("--bos-rows", "29")):
+    for flag, value in (("--copy-repeats", "1"), ("--copy-pool", "-5"), ("--copy-seq-len", "-1"), ("--bos-rows", "29"),
+                        ("--budget-minutes", "-1"), ("--budget-minutes", "nan"), ("--budget-minutes", "inf")):
         with pytest.raises(SystemExit) as e:
             run_main(monkeypatch, flag, value)
         assert e.value.code == 2 and flag in capsys.readouterr().err
@@ -293,3 +294,6 @@ def test_budget_fits_the_play_steps_to_the_time_left(tmp_path, monkeypatch):
     assert [float(r["lr"]) for r in rows[200:]] == pytest.approx([lr_at(s, replace(cfg, steps=260)) for s in
                                                                    range(200, 260)], abs=1e-6)  # lr logged to 1e-6
     assert float(rows[-1]["lr"]) < 1.1 * cfg.min_lr
+    _, stats = train_module.train(tmp_path / "c", replace(cfg, steps=150), args_dict=shape, log=lambda *a: None,
+                                  progress=False)
+    assert len(fits) == 1 and stats["play_steps"] == 150          # no more than 200 play steps: nothing to fit
