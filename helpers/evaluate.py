@@ -4,7 +4,7 @@ bigram baseline scored on exactly the same predictions.
     python -m helpers.evaluate              # the bundled model on the held-out plays (helpers.data.VAL_PLAYS)
     python -m helpers.evaluate --record     # ... and store the result as "heldout_eval" in its train_stats.json
 
-Windows are those of the training run's evaluation (helpers.train.evaluate): inputs
+Windows are those of the training run's evaluation (helpers.tiny.evaluate): inputs
 x = tokens[i*w : (i+1)*w], targets y = tokens[i*w+1 : (i+1)*w+1], for i < (len(tokens) - 1) // w; the ids
 after the last whole window are not scored. So a window's first input is context only, and every scored
 target has its previous id inside its own window: the bigram conditions on that id, the model on it and

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers.model import apply_rope, rope_rotations
-from helpers.train import TinyLlama
+from helpers.tiny import TinyLlama
 
 
 class MoEError(ValueError):
@@ -168,7 +168,7 @@ def hf_llama4_moe(w, top_k):
 # --- a trainable tiny MoE Llama (notebook 12's demo) -------------------------------------------------
 
 class TinyMoE(TinyLlama):
-    """helpers.train.TinyLlama with each FFN replaced by n_experts SwiGLU experts of width expert_hidden
+    """helpers.tiny.TinyLlama with each FFN replaced by n_experts SwiGLU experts of width expert_hidden
     (route + combine above); each forward keeps every layer's (router logits, chosen experts) in .routing."""
 
     def __init__(self, args, vocab, n_experts, top_k, expert_hidden, gating="softmax", renormalize=True,
