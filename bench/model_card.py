@@ -23,7 +23,7 @@ from helpers.data import SDIST, SDIST_SHA256, VAL_PLAYS  # noqa: E402
 from helpers.evaluate import LAMS, MUS, cpu_name  # noqa: E402
 from helpers.model import generate  # noqa: E402
 from helpers.tokenizer import load_tokenizer  # noqa: E402
-from helpers.train import BUDGET_PROBE, TrainConfig, lr_at, read_log  # noqa: E402
+from helpers.train import BUDGET_PROBE, TrainConfig, lr_at, read_log, step_seconds  # noqa: E402
 
 PROMPTS = ["JULIET.\nO Romeo, Romeo! wherefore art", "What say you, my", "God save the"]
 
@@ -32,10 +32,9 @@ def step_times(path, warm_steps=0):
     """per phase (copy warm-up, plays): (name, steps, mean seconds per step, fastest and slowest mean over 200
     consecutive steps, or None for a shorter phase) from train_log.tsv (its clock has 0.1 s steps: means, not
     medians, hold for fast steps)."""
-    s = [float(r["seconds"]) for r in read_log(path)[0]]
-    d = [b - a for a, b in zip([0.0] + s, s)]
     out = []
-    for name, part in (("copy warm-up", d[:warm_steps]), ("plays", d[warm_steps:])):
+    phases = step_seconds([float(r["seconds"]) for r in read_log(path)[0]], warm_steps)
+    for name, part in zip(("copy warm-up", "plays"), phases):
         if part:
             means = [sum(part[i:i + 200]) / 200 for i in range(len(part) - 199)]
             out.append((name, len(part), sum(part) / len(part), min(means, default=None), max(means, default=None)))

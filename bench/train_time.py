@@ -23,19 +23,18 @@ import torch  # noqa: E402
 from helpers.checkpoint import DEFAULT_DIR, load_checkpoint  # noqa: E402
 from helpers.evaluate import cpu_name  # noqa: E402
 from helpers.files import write_json  # noqa: E402
-from helpers.train import TrainConfig, read_log, train  # noqa: E402
+from helpers.train import TrainConfig, read_log, step_seconds, train  # noqa: E402
 
 
 SKIP = 2  # the first steps of each phase warm caches and allocators
 
 
 def per_step(seconds, warm):
-    """{phase: mean seconds per step} from train_log.tsv's clock (seconds at the end of each step, rounded to
-    0.1 s; a difference over many steps keeps that error small), the first SKIP steps of each phase left out."""
-    out = {"plays": (seconds[-1] - seconds[warm + SKIP - 1]) / (len(seconds) - warm - SKIP)}
-    if warm:
-        out["copy_warmup"] = (seconds[warm - 1] - seconds[SKIP - 1]) / (warm - SKIP)
-    return out
+    """{phase: mean seconds per step} from train_log.tsv's "seconds" column, the first SKIP steps of each phase
+    left out."""
+    mean = lambda d: sum(d[SKIP:]) / len(d[SKIP:])
+    copy, plays = step_seconds(seconds, warm)
+    return {"plays": mean(plays), **({"copy_warmup": mean(copy)} if warm else {})}
 
 
 def measure(stats, args, steps=20):

@@ -44,7 +44,7 @@ from helpers.checkpoint import (DEFAULT_DIR, DEFAULT_SHA256, ModelArgs, atomic_w
 from helpers import heads
 from helpers.data import batches, copy_batch, tokenize_split
 from helpers.evaluate import cpu_name
-from helpers.tiny import COPY_MIN_COUNT, TinyLlama, Vocab, bigram_baseline, evaluate  # noqa: F401 (re-exported)
+from helpers.tiny import TinyLlama, Vocab, bigram_baseline, evaluate
 from helpers.tokenizer import load_tokenizer
 
 TINY = dict(dim=160, n_layers=6, n_heads=4, n_kv_heads=2, vocab_size=128256, multiple_of=64,
@@ -68,7 +68,7 @@ class TrainConfig:
     copy_stop: float = 1.0    # end the warm-up once its last 50 copy losses average below this; 0: never
     copy_lr: float = 2e-3     # the warm-up's flat lr (after the linear warmup); 0: lr
     copy_repeats: int = 4     # times each random sequence of a copy row is written
-    copy_pool: int = 1000     # copy rows draw from this many most frequent ids; 0: all seen >= COPY_MIN_COUNT times
+    copy_pool: int = 1000     # copy rows draw from this many most frequent ids; 0: all seen >= COPY_MIN_COUNT (tiny)
     copy_seq_len: int = 128   # row length during the copy warm-up (short rows grow the head sooner); 0: seq_len
     eval_every: int = 200
     probe_every: int = 100    # head scores (helpers.heads) logged this often; 0: never
@@ -113,6 +113,13 @@ def write_log(path, rows):
             for r in rows:
                 f.write("\t".join(cell(k, r.get(k)) for k in LOG_COLUMNS) + "\n")
     atomic_write(path, write)
+
+
+def step_seconds(seconds, warm):
+    """(copy warm-up, plays): seconds of each step, from a log's "seconds" column (the clock at the end of each
+    step, rounded to 0.1 s: a mean over many steps keeps that error small)."""
+    d = [b - a for a, b in zip([0.0] + seconds, seconds)]
+    return d[:warm], d[warm:]
 
 
 def read_log(path):
