@@ -21,7 +21,11 @@ def pytest_report_header(config):
 SLOW = ("tests/test_notebooks_any_checkpoint.py::test_notebook_runs_on_another_checkpoint",
         "tests/test_portability.py::",
         "tests/test_scale.py::test_scale_harness_small",
-        "tests/test_exercises.py::test_student_version_runs_and_every_graded_test_fails")
+        "tests/test_exercises.py::test_student_version_runs_and_every_graded_test_fails",
+        "tests/test_perturb.py::test_nbval_",
+        "tests/test_chat.py::test_smollm2_answers",
+        "tests/test_gguf_tokenizer.py::test_llama3_gguf_merges_give_transformers_the_same_ids",
+        "tests/test_site.py::")
 
 
 def pytest_collection_modifyitems(config, items):

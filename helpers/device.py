@@ -27,6 +27,18 @@ def cpu_vendor():
     return cpuinfo("vendor_id")
 
 
+# PyTorch's CPU kernel families (ATEN_CPU_CAPABILITY) and the CPU flags each needs; asking for a family the CPU
+# lacks is not checked by PyTorch 2.13 and dies with "Illegal instruction"
+FAMILIES = {"avx512": ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma"), "avx2": ("avx2", "fma"),
+            "default": ()}
+
+
+def kernel_families(flags=None):
+    """The ATEN_CPU_CAPABILITY values this CPU can run, fastest first (flags: /proc/cpuinfo's line by default)."""
+    have = set((cpuinfo("flags") if flags is None else flags).split())
+    return [name for name, need in FAMILIES.items() if have.issuperset(need)]
+
+
 def pick_device(value=None):
     """cuda > mps > cpu, unless value (default: the LLAMA3_DEVICE variable) names one. Chosen once, at import."""
     value = os.environ.get("LLAMA3_DEVICE", "") if value is None else value
@@ -51,3 +63,7 @@ def pick_device(value=None):
 
 
 DEVICE = pick_device()
+
+
+if __name__ == "__main__":  # `python -m helpers.device`: the kernel families, for .ci/run
+    print(*kernel_families())

@@ -260,12 +260,15 @@ def logit_lens(weights, args, resid, rows_per_call=1024, progress=False):
 
 
 def lens_table(tokenizer, lens, position=-1, row_names=None):
-    """Text table of the logit lens at one position: per row the top token, its prob, p(final)."""
+    """Text table of the logit lens at one position: per row the top token, its prob, p(final).
+
+    Two significant digits: an early row's probability moves by ~1e-5 of itself between CPU kernel families,
+    and a third digit flipped on AVX-512 (helpers/perturb.py finds such digits)."""
     R = lens["ids"].shape[0]
     row_names = row_names or layer_labels(R)
     lines = [f"{'':>9} {'top-1':>14} {'prob':>9} {'p(final)':>9}"]
     for r in range(R):
         tid = int(lens["ids"][r, position])
-        lines.append(f"{row_names[r]:>9} {tokenizer.piece(tid)!r:>14} {float(lens['probs'][r, position]):9.3g} "
-                     f"{float(lens['final_prob'][r, position]):9.3g}")
+        lines.append(f"{row_names[r]:>9} {tokenizer.piece(tid)!r:>14} {float(lens['probs'][r, position]):9.2g} "
+                     f"{float(lens['final_prob'][r, position]):9.2g}")
     return "\n".join(lines)
