@@ -6,7 +6,7 @@ orders, so its last bits differ from machine to machine, and a deep computation 
 that close to a rounding boundary passes where it was recorded and fails elsewhere.
 
 LLAMA3_PERTURB=+N (or -N) scales each element of the float32/float64 result of every matrix product and
-softmax by (1 + N * sqrt(n) * eps * s), and of every sum, mean and RMSNorm (but not of whole numbers) by
+softmax by (1 + N * sqrt(n) * eps * s), and of every sum, mean and RMSNorm (but not an exact sum) by
 (1 + N * eps * s): eps is the dtype's machine epsilon, n the terms a product adds up (its inner dimension) or a
 softmax row's nonzero terms less one (a row with one unmasked key is exactly 1 on every machine), s = +-1 from
 a hash of the value's leading bits. Runs with +N and -N move every value by about the same amount in opposite
@@ -45,8 +45,8 @@ def nudge(t, ulps):
 
 
 class Perturb(TorchFunctionMode):
-    """Nudge the float results of PRODUCTS, SOFTMAX and SUMS; sums of whole numbers stay (a count, or a mean of
-    0/1 values, is exact on every machine: nudging it would flag digits no kernel can change)."""
+    """Nudge the float results of PRODUCTS, SOFTMAX and SUMS; exact sums stay (nudging them would flag digits
+    no kernel can change)."""
 
     def __init__(self, ulps):
         super().__init__()
@@ -65,10 +65,26 @@ class Perturb(TorchFunctionMode):
             p = out.exp() if func in (torch.log_softmax, torch.Tensor.log_softmax, F.log_softmax) else out
             terms = (p > 0).sum(dim, keepdim=True).clamp(min=1) - 1      # beyond the first: 0 for one key
             return nudge(out, self.ulps * terms.to(out.dtype).sqrt())
-        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        if func in SUMS and not (x is not None and x.is_floating_point() and torch.equal(x, x.round())):
+        if func in SUMS and not exact(func, args, kwargs, out):
             return nudge(out, self.ulps)
         return out
+
+
+ADDS = {torch.sum, torch.mean, torch.Tensor.sum, torch.Tensor.mean, torch.cumsum, torch.Tensor.cumsum}
+
+
+def exact(func, args, kwargs, out):
+    """True when every machine gets this sum bit for bit: its terms are whole numbers (a count, a mean of 0/1
+    values), or it equals the float64 sum exactly (terms like 0.125 + 0.5 add without rounding)."""
+    x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    if x is None or not x.is_floating_point():
+        return True
+    if torch.equal(x, x.round()):
+        return True
+    if func not in ADDS or x.dtype != torch.float32:
+        return False
+    ref = func(x.double(), *args[1:], **kwargs)
+    return torch.equal(out.double(), ref)
 
 
 def inner(func, args):
