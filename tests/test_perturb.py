@@ -40,12 +40,14 @@ def test_a_product_moves_by_sqrt_of_its_length_in_ulps_both_ways(mode):
     assert torch.equal(x @ w, exact)  # off again
 
 
-def test_whole_number_sums_and_other_dtypes_stay_exact(mode):
+def test_exact_sums_and_other_dtypes_stay_exact(mode):
     x = torch.tensor([0.1, 0.2, 0.4])
     plain = x.sum()
     mode("+1")
     assert x.sum() != plain                                          # a fractional sum is nudged
     assert torch.ones(10).sum().item() == 10.0                       # a count: exact on every machine
+    d = torch.tensor([0.125, 0.5, 0.125, 0.25])                      # binary fractions add without rounding
+    assert torch.equal(d.cumsum(0), torch.tensor([0.125, 0.625, 0.75, 1.0]))
     assert torch.equal(torch.ones(2, 8, dtype=torch.bfloat16) @ torch.ones(8, 2, dtype=torch.bfloat16),
                        torch.full((2, 2), 8.0, dtype=torch.bfloat16))
 
