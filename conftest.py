@@ -25,7 +25,8 @@ SLOW = ("tests/test_notebooks_any_checkpoint.py::test_notebook_runs_on_another_c
         "tests/test_perturb.py::test_nbval_",
         "tests/test_chat.py::test_smollm2_answers",
         "tests/test_gguf_tokenizer.py::test_llama3_gguf_merges_give_transformers_the_same_ids",
-        "tests/test_site.py::")
+        "tests/test_site.py::",
+        "tests/test_gguf.py::test_smollm2_logits_equal_transformers")
 
 
 def pytest_collection_modifyitems(config, items):

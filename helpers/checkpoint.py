@@ -1,7 +1,8 @@
 """Open a Meta-format Llama 3 checkpoint: params.json -> ModelArgs, consolidated.00.pth -> weights dict.
 
-Which dir and what it holds (Meta or HF files, which tokenizer) is decided in helpers.model_dir; the state
-dict's keys and checks are in helpers.state_dict; HF files are converted by helpers.hf.
+Which dir and what it holds (Meta, HF or GGUF files, which tokenizer) is decided in helpers.model_dir; the
+state dict's keys and checks are in helpers.state_dict; HF files are converted by helpers.hf, GGUF files
+read by helpers.gguf_file.
 """
 import json
 import shutil
@@ -11,6 +12,7 @@ import torch
 
 from helpers.facts import is_llama3_8b  # noqa: F401  (re-exported: import it from here)
 from helpers.files import atomic_write, read_json, sha256, write_json  # noqa: F401  (re-exported)
+from helpers.gguf_file import load_gguf
 from helpers.hf import load_hf_dir
 from helpers.model_dir import (DEFAULT_DIR, ROOT, SHARD, check_not_bundled, layout, meta_shards,  # noqa: F401
                                resolve_dir)
@@ -45,10 +47,12 @@ def tokenizer_size(model_dir):
 
 
 def load_checkpoint(model_dir=None, verify=True):
-    """(weights, args) from a Meta-format dir (or an HF one, via helpers.hf). Weights stay mmap'd in their
-    stored dtype (bf16)."""
+    """(weights, args) from a Meta-format dir (or an HF one, via helpers.hf; or a .gguf file, via
+    helpers.gguf_file). Weights stay mmap'd in their stored dtype (bf16; GGUF: quantized, dequantized on use)."""
     top = resolve_dir(model_dir)
     fmt, d = layout(top)  # a Hugging Face download? Meta's files in its original/ win
+    if fmt == "gguf":     # one file: weights, metadata and the tokenizer, checked against each other there
+        return load_gguf(d)
     if fmt == "hf":
         weights, args = load_hf_dir(d)
         return weights, check_tokenizer_fits(top, args, d / "config.json")

