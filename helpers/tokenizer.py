@@ -1,25 +1,19 @@
-"""The Llama 3 tokenizer: tiktoken BPE with 128,000 ranks and 256 special tokens."""
+"""The Llama 3 tokenizer: tiktoken BPE with 128,000 ranks and 256 special tokens; load_tokenizer picks it or,
+for a GGUF file, the file's own tokenizer (helpers.gguf_tokenizer); llama3_gguf_vocab spells Llama 3's the
+way a GGUF stores it."""
 import base64
 import functools
-import operator
-import re
 from pathlib import Path
 
-import tiktoken
-
+from helpers.bpe import (MAX_ENCODE_CHARS, MAX_RUN_CHARS, PAT_STR, BPETokenizer, bytes_to_unicode,  # noqa: F401
+                         merges_from_ranks, split_runs)  # re-exported: import them from here
 from helpers.files import read_json
+from helpers.gguf_tokenizer import GGUFTokenizer, count_gguf_tokens
 from helpers.model_dir import default_tokenizer_path, tokenizer_source  # noqa: F401  (re-exported)
 from helpers.params import CheckpointError
 
-# the split regex from Meta's llama3 tokenizer: contractions, words, 1-3 digit numbers, punctuation, spaces
-PAT_STR = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 NUM_SPECIAL = 256
 N_RANKS = 128_000           # BPE pieces in the Llama 3 tokenizer.model; the specials follow them
-MAX_ENCODE_CHARS = 400_000  # tiktoken panics on much longer inputs
-MAX_RUN_CHARS = 25_000      # longer runs of (non-)whitespace are cut first: tiktoken is slow on them (as Meta does)
 
 
 def special_token_names(llama31=False):
@@ -78,17 +72,8 @@ def load_ranks(path):
     return ranks
 
 
-def split_runs(text, max_run=MAX_RUN_CHARS):
-    """Meta's _split_whitespaces_or_nonwhitespaces: cut every run of more than max_run whitespace (or
-    non-whitespace) chars after each max_run chars, so encode() gives Meta's ids on such text."""
-    long = re.compile(rf"(?<!\s)\s{{{max_run + 1},}}|(?<!\S)\S{{{max_run + 1},}}")  # whole runs only (O(n))
-    cuts = [m.start() + k for m in long.finditer(text) for k in range(max_run, m.end() - m.start(), max_run)]
-    ends = [0, *cuts, len(text)]
-    return [text[a:b] for a, b in zip(ends, ends[1:])]
-
-
-class Tokenizer:
-    """encode/decode like Meta's llama3 Tokenizer.
+class Tokenizer(BPETokenizer):
+    """encode/decode like Meta's llama3 Tokenizer (methods in helpers.bpe.BPETokenizer).
 
     Special-token strings inside user text (e.g. "<|eot_id|>") are encoded as plain text, never as
     the special id: only `bos`/`eos` (or `encode_special`) produce special ids, so text cannot forge a
@@ -99,70 +84,21 @@ class Tokenizer:
         self.path = Path(path)
         ranks = load_ranks(self.path)
         self.n_base = len(ranks)
-        self.special_tokens = {name: self.n_base + i for i, name in enumerate(special_token_names(llama31))}
-        self.model = tiktoken.Encoding(name=self.path.name, pat_str=PAT_STR,
-                                       mergeable_ranks=ranks, special_tokens=self.special_tokens)
-        self.n_words = self.n_base + len(self.special_tokens)
+        specials = {name: self.n_base + i for i, name in enumerate(special_token_names(llama31))}
+        self.build(self.path.name, PAT_STR, ranks, specials, self.n_base + len(specials))
         self.bos_id = self.special_tokens["<|begin_of_text|>"]
         self.eos_id = self.special_tokens["<|end_of_text|>"]
         self.eot_id = self.special_tokens["<|eot_id|>"]
         self.stop_tokens = {self.eos_id, self.eot_id, self.special_tokens.get("<|eom_id|>", self.eot_id)}
 
-    def encode(self, text, bos=True, eos=False):
-        if not isinstance(text, str):
-            raise TypeError(f"encode() takes a str, got {type(text).__name__}")
-        ids = [self.bos_id] if bos else []
-        for i in range(0, len(text), MAX_ENCODE_CHARS):
-            for part in split_runs(text[i:i + MAX_ENCODE_CHARS]):
-                ids += self.model.encode(part, disallowed_special=())
-        if eos:
-            ids.append(self.eos_id)
-        return ids
-
-    def encode_special(self, name):
-        """The id of one special token by name, e.g. '<|eot_id|>'."""
-        if name not in self.special_tokens:
-            raise KeyError(f"{name!r} is not a special token of {self.path}")
-        return self.special_tokens[name]
-
-    def check_id(self, i):
-        """i as an int in 0..n_words-1, else a ValueError naming it."""
-        try:
-            n = None if isinstance(i, bool) else operator.index(i)   # ints, numpy ints, 0-d integer tensors
-        except TypeError:
-            n = None
-        if n is None or not 0 <= n < self.n_words:
-            raise ValueError(f"token id {i!r:.40} is not in this tokenizer's vocabulary (integers "
-                             f"0..{self.n_words - 1}); was it made by another tokenizer or model?")
-        return n
-
-    def decode(self, ids):
-        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
-            raise ValueError(f"decode() takes a list of token ids, got {type(ids).__name__} {ids!r:.60}")
-        return self.model.decode([self.check_id(i) for i in ids])
-
-    def piece_bytes(self, i):
-        return self.model.decode_single_token_bytes(self.check_id(i))
-
-    def piece(self, i):
-        """One token as text; bytes that are not valid UTF-8 on their own show as \\xNN."""
-        return self.piece_bytes(i).decode("utf-8", errors="backslashreplace")
-
-    def pieces(self, ids):
-        return [self.piece(i) for i in ids]
-
 
 def count_tokens(path):
-    """ranks + 256 specials of a tokenizer.model, from its line count (no parsing)."""
+    """Ids of a tokenizer file without building it: a GGUF's token count, or ranks + 256 specials of a
+    tokenizer.model from its line count (no parsing)."""
+    if Path(path).suffix == ".gguf":
+        return count_gguf_tokens(path)
     with open(path, "rb") as f:
         return sum(1 for line in f if line.strip()) + NUM_SPECIAL
-
-
-def bytes_to_unicode():
-    """GPT-2's byte -> char map: tokenizer.json spells every token's bytes with printable chars."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
-    moved = [b for b in range(256) if b not in keep]  # control chars, space, ...: shifted past 255
-    return {**{b: chr(b) for b in keep}, **{b: chr(256 + n) for n, b in enumerate(moved)}}
 
 
 def check_tokenizer_json(path, tokenizer_model):
@@ -202,7 +138,7 @@ def _check_tokenizer_json(path, _mtime, _size, tokenizer_model):
 
 
 def tokenizer_file(model_dir=None):
-    """(tokenizer.model path, llama31 names) for a model dir (helpers.model_dir.tokenizer_source), with an HF
+    """(tokenizer.model or .gguf path, llama31 names) for a model dir (helpers.model_dir.tokenizer_source), with an HF
     dir's tokenizer.json checked against the bundled file when that file stands in for it."""
     path, llama31, must_match = tokenizer_source(model_dir)
     if must_match is not None:
@@ -211,9 +147,27 @@ def tokenizer_file(model_dir=None):
 
 
 def load_tokenizer(model_dir=None):
-    """Tokenizer for a model dir: its own tokenizer.model if present, else the bundled Llama 3 file.
+    """Tokenizer for a model dir: a GGUF file's own (helpers.gguf_tokenizer), else the dir's tokenizer.model if
+    present, else the bundled Llama 3 file.
 
     Resolution of model_dir: argument > LLAMA3_DIR > the bundled model (as load_checkpoint).
     """
     path, llama31 = tokenizer_file(model_dir)
+    if Path(path).suffix == ".gguf":
+        return GGUFTokenizer(path)
     return Tokenizer(path, llama31=llama31)
+
+
+def llama3_gguf_vocab(path=None, llama31=False):
+    """Llama 3's tokenizer as a GGUF file stores it: (tokens, merges, token_types).
+
+    tokens: the 128,000 pieces spelled in GPT-2's byte alphabet, then the 256 special names; merges: "left right"
+    for each piece of 2+ bytes in rank order (the split BPE makes with the ranks below it); types: 1 NORMAL,
+    3 CONTROL. path: a tokenizer.model (default: the bundled one).
+    """
+    ranks = load_ranks(path or default_tokenizer_path())
+    spell = bytes_to_unicode()
+    by_rank = sorted(ranks, key=ranks.get)
+    tokens = ["".join(spell[b] for b in piece) for piece in by_rank] + special_token_names(llama31)
+    merges = [" ".join("".join(spell[b] for b in part) for part in pair) for pair in merges_from_ranks(ranks)]
+    return tokens, merges, [1] * len(by_rank) + [3] * NUM_SPECIAL
