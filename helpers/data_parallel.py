@@ -12,7 +12,6 @@ checkpoint's head layout; the batches are the default recipe's (helpers.data.bat
 import argparse
 import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,9 @@ import torch.nn.functional as F
 from helpers.data import batches
 from helpers.files import atomic_write
 from helpers.params import ModelArgs
-from helpers.reference import free_port
+from helpers.tensor_parallel import run_ranks
 from helpers.tiny import TinyLlama, Vocab
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # Shakespeare, Sonnet 116 (public domain): enough distinct windows for a few steps of a tiny model
 TEXT = """Let me not to the marriage of true minds
@@ -219,32 +217,9 @@ def launch(args, ids, bos, world, out, timeout=300):
     """Start world local processes (gloo over loopback), wait; every rank's {hand, ddp, stats}, in rank order."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(world),
-           "LOCAL_WORLD_SIZE": str(world), "GLOO_SOCKET_IFNAME": "lo",
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     cmd = [sys.executable, "-m", "helpers.data_parallel", "--params", json.dumps(args.to_params()),
            "--tokens", ",".join(map(str, ids)), "--bos", str(bos), "--out", str(out)]
-    logs = [out / f"rank{r}.log" for r in range(world)]
-    procs = []
-    try:
-        for r in range(world):
-            with open(logs[r], "w") as f:
-                procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}))
-        for p in procs:
-            p.wait(timeout=timeout)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    failed = [r for r, p in enumerate(procs) if p.returncode]
-    if failed:
-        tail = logs[failed[0]].read_text().strip().splitlines()[-1:]
-        raise RuntimeError(f"rank {failed[0]} of {world} failed (exit {procs[failed[0]].returncode}): "
-                           f"{tail[0] if tail else 'no output'}; log: {logs[failed[0]]}")
-    for log in logs:
-        log.unlink()
+    run_ranks(cmd, world, [out / f"rank{r}.log" for r in range(world)], timeout)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
 
 

@@ -156,16 +156,12 @@ def meta_rank_logits(shard, args, tokens, world):
     return meta_logits(meta_model(shard, args, max_seq_len=len(tokens)), tokens)
 
 
-def launch(model_dir, world, tokens, out, meta=False, timeout=300):
-    """Start world local processes (ranks 0..world-1, gloo over loopback), wait; rank 0's {logits, stats}."""
-    out = Path(out)
-    out.unlink(missing_ok=True)
+def run_ranks(cmd, world, logs, timeout=300):
+    """Run cmd as world local processes (RANK 0..world-1, gloo over loopback), each logging to logs[rank]; wait,
+    kill the rest if one hangs, and raise naming the first failed rank and its last log line."""
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(world),
            "LOCAL_WORLD_SIZE": str(world), "GLOO_SOCKET_IFNAME": "lo",
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    cmd = [sys.executable, "-m", "helpers.tensor_parallel", "--dir", str(model_dir), "--out", str(out),
-           "--tokens", ",".join(map(str, tokens))] + ["--meta"] * meta
-    logs = [out.with_name(f"{out.name}.rank{r}.log") for r in range(world)]
     procs = []
     try:
         for r in range(world):
@@ -186,6 +182,15 @@ def launch(model_dir, world, tokens, out, meta=False, timeout=300):
                            f"{tail[0] if tail else 'no output'}; log: {logs[failed[0]]}")
     for log in logs:
         log.unlink()
+
+
+def launch(model_dir, world, tokens, out, meta=False, timeout=300):
+    """Start world local processes (ranks 0..world-1, gloo over loopback), wait; rank 0's {logits, stats}."""
+    out = Path(out)
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "helpers.tensor_parallel", "--dir", str(model_dir), "--out", str(out),
+           "--tokens", ",".join(map(str, tokens))] + ["--meta"] * meta
+    run_ranks(cmd, world, [out.with_name(f"{out.name}.rank{r}.log") for r in range(world)], timeout)
     return torch.load(out, weights_only=True)
 
 
