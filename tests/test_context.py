@@ -80,3 +80,25 @@ def test_positions_past_max_seq_len_are_scored(small):
 def test_memory_formulas_count_the_real_objects(args):
     assert C.kv_cache_bytes(args, 37) == C.kv_cache_nbytes(args, 37)
     assert C.attention_bytes(args, 37) == torch.empty(args.n_heads, 37, 37).nbytes
+
+
+# bench/context_length.py: its block-at-a-time attention and its loss per position
+@pytest.mark.parametrize("block", [1, 7, 16, 50, 64])
+def test_block_attention_equals_full_causal_attention(block):
+    from bench.context_length import block_causal_attention
+    g = torch.Generator().manual_seed(1)
+    q, k, v = torch.randn(50, 6, 8, generator=g), torch.randn(50, 2, 8, generator=g), torch.randn(50, 2, 8, generator=g)
+    kk, vv = k.repeat_interleave(3, 1), v.repeat_interleave(3, 1)          # query head h reads kv head h // 3
+    want = torch.nn.functional.scaled_dot_product_attention(q.transpose(0, 1), kk.transpose(0, 1),
+                                                            vv.transpose(0, 1), is_causal=True).transpose(0, 1)
+    torch.testing.assert_close(block_causal_attention(q, k, v, block), want, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_losses_equal_position_losses(small):
+    from bench.context_length import bucket_means, losses
+    weights, args = small
+    ids = torch.randint(0, args.vocab_size, (61,), generator=torch.Generator().manual_seed(2))
+    f = C.scaled_frequencies(args, "llama3", 2.0, 30)
+    want = C.position_losses(weights, args, ids[None], f)[0]             # [60]
+    torch.testing.assert_close(losses(weights, args, ids, f, block=16, rows=25), want, rtol=1e-5, atol=1e-5)
+    assert bucket_means(want, 25) == pytest.approx([want[a:b].mean().item() for a, b in [(0, 25), (25, 50), (50, 60)]])
