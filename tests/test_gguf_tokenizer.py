@@ -5,7 +5,6 @@ import pytest
 import regex
 
 from helpers.gguf_tokenizer import GGUFTokenizer, count_gguf_tokens, read_metadata
-from helpers.model_dir import smollm2_path
 from helpers.params import CheckpointError
 from helpers.tokenizer import Tokenizer, count_tokens, llama3_gguf_vocab, load_tokenizer, tokenizer_file
 
@@ -24,19 +23,6 @@ MIXED = [
     "",
     " ",
 ]
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    try:
-        return smollm2_path()
-    except CheckpointError as e:
-        pytest.skip(str(e))
-
-
-@pytest.fixture(scope="module")
-def ours(smollm2):
-    return GGUFTokenizer(smollm2)
 
 
 @pytest.fixture(scope="module")
