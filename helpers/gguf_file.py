@@ -9,11 +9,9 @@ GGUFWeights[name] dequantizes one whole tensor, as a notebook indexing weights b
 asks for that: linear() multiplies a block of rows at a time (matmul) and the embedding lookup dequantizes
 only the rows of the prompt's ids (rows), so an 8B Q4_K_M file never becomes 32 GB of fp32 in memory.
 """
-import os
 import re
 import weakref
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from threading import local
 
@@ -26,7 +24,7 @@ from helpers.hf import ffn_params
 from helpers.params import CheckpointError, ModelArgs
 from helpers.state_dict import expected_shapes
 from helpers.transformer import rope_frequencies
-from helpers.upcast import CHUNK, modes
+from helpers.upcast import CHUNK, in_threads, modes
 
 # GGUF tensor name -> Meta key; {} is the layer number
 NAMES = {"token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
@@ -182,7 +180,6 @@ def load_gguf(path):
     return GGUFWeights(path, reader, tensors, shapes), args
 
 
-POOLS = {}        # (pid, threads) -> pool: a forked child makes its own
 BUFFERS = local()  # one reused fp32 block per thread, on the CPU where dequantize runs
 
 
@@ -255,14 +252,8 @@ class GGUFWeights(Mapping):
         n = torch.get_num_threads()
         if n == 1 or len(starts) == 1 or x.device.type != "cpu" or modes():
             work(0, 1)
-            return y
-        pool = POOLS.get((os.getpid(), n)) or POOLS.setdefault((os.getpid(), n), ThreadPoolExecutor(n))
-        torch.set_num_threads(1)  # the pool's threads keep one core each; ops run serially inside
-        try:
-            for job in [pool.submit(work, k, n) for k in range(n)]:
-                job.result()
-        finally:
-            torch.set_num_threads(n)
+        else:
+            in_threads(lambda k: work(k, n), n)
         return y
 
     def __repr__(self):

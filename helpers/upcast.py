@@ -59,10 +59,21 @@ def modes():
     return None in counts or any(c() > 0 for c in counts)
 
 
+def in_threads(work, n):
+    """work(k) for k < n on a pool of n threads of one core each (torch ops run serially inside each), then
+    back to n threads; one pool per process and n (a forked child inherits the pool but not its threads)."""
+    key = (os.getpid(), n)
+    pool = _pools.get(key) or _pools.setdefault(key, ThreadPoolExecutor(n, thread_name_prefix="upcast"))
+    torch.set_num_threads(1)
+    try:
+        for job in [pool.submit(work, k) for k in range(n)]:
+            job.result()
+    finally:
+        torch.set_num_threads(n)
+
+
 def threaded(x, w, rows, n):
     """matmul_upcast on n threads of one core each: thread k takes blocks k, k+n, k+2n, ..."""
-    key = (os.getpid(), n)  # a forked child inherits the pool but not its threads: it makes its own
-    pool = _pools.get(key) or _pools.setdefault(key, ThreadPoolExecutor(n, thread_name_prefix="upcast"))
     y = torch.empty(x.shape[0], w.shape[0], dtype=torch.float32)
     starts = range(0, w.shape[0], rows)
 
@@ -71,10 +82,5 @@ def threaded(x, w, rows, n):
             for r in starts[k::n]:
                 torch.mm(x, upcast_rows(w, r, rows).T, out=y[:, r:r + rows])
 
-    torch.set_num_threads(1)  # the pool's threads start (and keep) one core each; ops run serially inside
-    try:
-        for job in [pool.submit(work, k) for k in range(n)]:
-            job.result()
-    finally:
-        torch.set_num_threads(n)
+    in_threads(work, n)
     return y
