@@ -19,6 +19,7 @@ def pytest_report_header(config):
 # Tests that execute whole notebooks or start benchmark subprocesses: minutes each. `pytest -m "not slow"`
 # skips them (and every nbval notebook item) for a quick loop; plain `pytest` still runs everything.
 SLOW = ("tests/test_notebooks_any_checkpoint.py::test_notebook_runs_on_another_checkpoint",
+        "tests/test_notebooks_any_checkpoint.py::test_notebook_runs_on_smollm2",
         "tests/test_portability.py::",
         "tests/test_scale.py::test_scale_harness_small",
         "tests/test_exercises.py::test_student_version_runs_and_every_graded_test_fails",

@@ -73,8 +73,10 @@ def small_args(args, head_dim=16, n_layers=2):
 
 
 def text_ids(tok):
-    """TEXT as <|begin_of_text|> ... <|end_of_text|> token ids, and the bos id."""
-    return tok.encode(TEXT, bos=True, eos=True), tok.special_tokens["<|begin_of_text|>"]
+    """(TEXT as token ids with the tokenizer's own start and end: Llama 3's <|begin_of_text|> ... <|end_of_text|>,
+    the id that starts text (None for a tokenizer that adds no BOS, e.g. SmolLM2's: no bos rows then))."""
+    bos = tok.bos_id if getattr(tok, "add_bos", True) else None
+    return tok.encode(TEXT, bos=True, eos=True), bos
 
 
 def setup(args, ids, bos, cfg=CFG):
@@ -82,7 +84,7 @@ def setup(args, ids, bos, cfg=CFG):
     seq_len] of compact ids; every rank calls this and gets the same batches (one seeded generator)."""
     ids = torch.as_tensor(ids)
     vocab = Vocab(ids, args.vocab_size, min_count=1)
-    bos = int(vocab.to_compact[bos])
+    bos = None if bos is None else int(vocab.to_compact[bos])         # None: no rows put behind a bos
     data = batches(vocab.to_compact[ids], cfg, torch.Generator().manual_seed(cfg.seed), None, bos)
     return vocab, [next(data) for _ in range(cfg.steps)]
 
@@ -218,7 +220,7 @@ def launch(args, ids, bos, world, out, timeout=300):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "helpers.data_parallel", "--params", json.dumps(args.to_params()),
-           "--tokens", ",".join(map(str, ids)), "--bos", str(bos), "--out", str(out)]
+           "--tokens", ",".join(map(str, ids)), *(["--bos", str(bos)] if bos is not None else []), "--out", str(out)]
     run_ranks(cmd, world, [out / f"rank{r}.log" for r in range(world)], timeout)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
 
@@ -244,7 +246,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--params", required=True, help="the model's params.json, as a JSON string")
     p.add_argument("--tokens", help="the training text's token ids, comma-separated (default: TEXT, tokenized)")
-    p.add_argument("--bos", type=int, help="the <|begin_of_text|> id (with --tokens)")
+    p.add_argument("--bos", type=int, help="the id that starts text, e.g. <|begin_of_text|> (with --tokens; "
+                   "leave it out for a tokenizer without one: no rows then start with it)")
     p.add_argument("--out", required=True, help="folder: each rank writes rank{r}.pt there")
     a = p.parse_args(argv)
     if a.tokens:
@@ -252,8 +255,6 @@ def main(argv=None):
     else:
         from helpers.tokenizer import load_tokenizer
         ids, bos = text_ids(load_tokenizer())
-    if bos is None:
-        p.error("--tokens needs --bos, the <|begin_of_text|> id of their tokenizer")
     torch.set_num_threads(1)                                             # a tiny model: threads only contend
     run_rank(json.loads(a.params), ids, bos, a.out)
 

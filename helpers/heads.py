@@ -1,17 +1,18 @@
 """Two attention heads worth finding, measured one way by the trainer, the model card and notebook 10.
 
 previous-token head: the mass each query puts on the token just before it (viz.head_stats "prev"), on text.
-induction head: on <bos> + n random common words + the same n words again, the mass each query of the second
-copy puts on the token that followed its first occurrence (viz.induction_stat). Together they continue
-repeated text: the previous-token head writes "what came before me" into each position, the induction head
-finds the earlier position whose predecessor matches the current token and copies what sits there.
+induction head: on n random common words and the same n words again (after <bos> where the tokenizer starts
+text with one: Llama 3's does, SmolLM2's does not), the mass each query of the second copy puts on the token
+that followed its first occurrence (viz.induction_stat). Together they continue repeated text: the
+previous-token head writes "what came before me" into each position, the induction head finds the earlier
+position whose predecessor matches the current token and copies what sits there.
 """
 import torch
 
 from helpers.viz.data import collect, head_stats, induction_stat
 
 # the 200 most frequent words of the training plays that are one token each (with their leading space) in
-# the Llama 3 tokenizer, most frequent first; tests check each is still one token
+# the Llama 3 tokenizer, most frequent first (SmolLM2's too); tests check each is still one token
 COMMON_WORDS = (
     "the and you that not with his for your this have him will thou thy her but all thee shall are our what good "
     "from love lord would more was she their now they man them sir here hath well know did come one then there "
@@ -29,17 +30,23 @@ def word_id(tokenizer, word):
     ids = tokenizer.encode(" " + word, bos=False)
     if len(ids) != 1:
         raise ValueError(f"' {word}' is {len(ids)} tokens {ids} in this tokenizer, not one; "
-                         f"induction_probe needs one-token words (a Llama 3 tokenizer)")
+                         "induction_probe needs one-token words (as in Llama 3's and SmolLM2's tokenizers)")
     return ids[0]
 
 
+def start_ids(tokenizer):
+    """what the tokenizer puts before plain text: [bos_id] (Llama 3), or nothing (add_bos False: SmolLM2)."""
+    return [tokenizer.bos_id] if getattr(tokenizer, "add_bos", True) else []
+
+
 def induction_probe(tokenizer, n=50, seed=0):
-    """[bos] + n distinct random words of COMMON_WORDS + the same n again: 2n + 1 ids."""
+    """the tokenizer's start (start_ids) + n distinct random words of COMMON_WORDS + the same n again: 2n + 1
+    ids after a BOS, 2n without."""
     if not 2 <= n <= len(COMMON_WORDS):
         raise ValueError(f"n={n}: pick 2 <= n <= {len(COMMON_WORDS)} words")
     pick = torch.randperm(len(COMMON_WORDS), generator=torch.Generator().manual_seed(seed))[:n]
     ids = [word_id(tokenizer, COMMON_WORDS[i]) for i in pick.tolist()]
-    return [tokenizer.special_tokens["<|begin_of_text|>"]] + ids + ids
+    return start_ids(tokenizer) + ids + ids
 
 
 def induction_scores(weights, args, tokenizer, n=50, seeds=(0, 1, 2, 3)):

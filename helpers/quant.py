@@ -100,9 +100,9 @@ def dequantized_weights(weights, fmt):
     A tied output matrix stays tied (quantized once)."""
     done, out = {}, {}
     for name, t in weights.items():
-        if id(t) not in done:
-            done[id(t)] = quantize_roundtrip(t, fmt) if t.ndim == 2 else t.float()
-        out[name] = done[id(t)]
+        if id(t) not in done:  # t stays alive in done: a lazy dict's (GGUF) next tensor cannot reuse its id
+            done[id(t)] = t, quantize_roundtrip(t, fmt) if t.ndim == 2 else t.float()
+        out[name] = done[id(t)][1]
     return out
 
 

@@ -98,14 +98,19 @@ def rank_weights(weights, args, world, rank):
     """The state dict rank `rank` of `world` holds; tied embeddings stay tied (no output.weight)."""
     check_world(args, world)
     check_full(weights, args)
+    return {name: rank_slice(name, weights[name], args, world, rank) for name in stored_names(weights)}
+
+
+def stored_names(weights):
+    """the names a shard file holds: every one but a tied output.weight (it is tok_embeddings)."""
     tied = "output.weight" not in weights or weights["output.weight"] is weights["tok_embeddings.weight"]
-    return {name: rank_slice(name, weights[name], args, world, rank)
-            for name in weights if not (tied and name == "output.weight")}
+    return [name for name in weights if not (tied and name == "output.weight")]
 
 
 def check_full(weights, args):
     """weights (a dict or ShardedWeights) hold exactly the tensors args implies, before they are cut."""
-    shape = weights.shape if isinstance(weights, ShardedWeights) else lambda k: weights[k].shape
+    # ShardedWeights and a GGUF file's weights (helpers.gguf_file) know shapes without merging or dequantizing
+    shape = weights.shape if callable(getattr(weights, "shape", None)) else lambda k: weights[k].shape
     want = expected_shapes(args)
     bad = [f"{k}: {'missing' if k not in weights else tuple(shape(k))} != {s}" for k, s in want.items()
            if (k not in weights and k != "output.weight") or (k in weights and tuple(shape(k)) != s)]
@@ -116,8 +121,16 @@ def check_full(weights, args):
 
 
 def split_weights(weights, args, world):
-    """Full weights -> the world state dicts of a Meta model-parallel checkpoint."""
-    return [rank_weights(weights, args, world, r) for r in range(world)]
+    """Full weights -> the world state dicts of a Meta model-parallel checkpoint. Each tensor is read once
+    for all ranks (a GGUF file's is dequantized at each read)."""
+    check_world(args, world)
+    check_full(weights, args)
+    out = [{} for _ in range(world)]
+    for name in stored_names(weights):
+        t = weights[name]
+        for r in range(world):
+            out[r][name] = rank_slice(name, t, args, world, r)
+    return out
 
 
 def remove_stale_shards(out, world):

@@ -46,6 +46,12 @@ def embed_part(shard, tokens, rank):
     return h
 
 
+def output_name(shard):
+    """the key of a shard's output matrix: tied embeddings (split_weights keeps no output.weight) read the
+    rank's tok_embeddings slice, which is the same vocab-parallel cut"""
+    return "output.weight" if "output.weight" in shard else "tok_embeddings.weight"
+
+
 def rank_forward(shard, args, tokens, rank, world, all_reduce, all_gather):
     """One rank's forward: token ids -> fp32 logits [T, vocab]. all_reduce(x) returns the sum of every
     rank's x; all_gather(x) the ranks' x concatenated along the last dim."""
@@ -72,7 +78,7 @@ def simulate(shards, args, tokens):
         x = rms_norm(h, fp32(shards[0], f"layers.{i}.ffn_norm.weight"), args.norm_eps)
         h = h + sum(feed_forward(x, s, i) for s in shards)
     h = rms_norm(h, fp32(shards[0], "norm.weight"), args.norm_eps)
-    return torch.cat([linear(h, s, "output.weight") for s in shards], dim=-1)
+    return torch.cat([linear(h, s, output_name(s)) for s in shards], dim=-1)
 
 
 def wire_floats(args, world, T):

@@ -22,6 +22,17 @@ def run():
     return ids, bos, vocab, data, dp.flat(dp.train_whole(ARGS, vocab, data))
 
 
+def test_text_ids_of_a_tokenizer_without_bos(ours):
+    """SmolLM2's tokenizer starts text with no BOS: no bos id, and no batch row is put behind one"""
+    ids, bos = dp.text_ids(ours)
+    assert bos is None and ids[-1] == ours.eos_id and ours.bos_id not in ids
+    args = dp.small_args(ModelArgs(dim=144, n_layers=3, n_heads=9, n_kv_heads=3, vocab_size=ours.n_words))
+    vocab, data = dp.setup(args, ids, bos)
+    stream = vocab.to_compact[torch.tensor(ids)].tolist()
+    windows = {tuple(stream[s:s + dp.CFG.seq_len]) for s in range(len(stream) - dp.CFG.seq_len)}
+    assert all(tuple(row) in windows for row in data[0][0].tolist())
+
+
 def test_training_moves_the_weights(run):
     _, _, vocab, _, whole = run
     start = dp.flat(dp.new_model(ARGS, vocab)[0])

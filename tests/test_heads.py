@@ -23,11 +23,20 @@ def test_common_words_are_distinct_single_tokens(tok):
 
 def test_induction_probe_is_bos_then_a_sequence_twice(tok):
     p = heads.induction_probe(tok, n=50, seed=3)
-    assert len(p) == 101 and p[0] == tok.special_tokens["<|begin_of_text|>"]
+    assert len(p) == 101 and p[0] == tok.special_tokens["<|begin_of_text|>"] == tok.encode("")[0]
     assert p[1:51] == p[51:] and len(set(p[1:51])) == 50
     assert heads.induction_probe(tok, n=50, seed=3) == p != heads.induction_probe(tok, n=50, seed=4)
     with pytest.raises(ValueError, match="n=1"):
         heads.induction_probe(tok, n=1)
+
+
+def test_induction_probe_follows_a_tokenizer_without_bos(ours, tok):
+    """SmolLM2's tokenizer starts plain text with no BOS: its probe is the sequence twice, nothing before"""
+    assert not ours.add_bos and ours.encode("the and", bos=True) == ours.encode("the and", bos=False)
+    assert len({heads.word_id(ours, w) for w in heads.COMMON_WORDS}) == 200     # one token each there too
+    p = heads.induction_probe(ours, n=50, seed=3)
+    assert len(p) == 100 and p[:50] == p[50:] and ours.bos_id not in p
+    assert [ours.decode([i]) for i in p] == [tok.decode([i]) for i in heads.induction_probe(tok, n=50, seed=3)[1:]]
 
 
 def test_word_id_refuses_a_word_of_two_tokens(tok):

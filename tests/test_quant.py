@@ -2,8 +2,10 @@
 import pytest
 import torch
 
+from helpers.checkpoint import load_checkpoint
 from helpers.facts import N_PARAMS, PARAMS
 from helpers.params import ModelArgs
+from helpers.state_dict import expected_shapes
 from helpers.quant import (GROUPS, bytes_per_format, dequantize_int4, dequantize_int8, dequantized_weights,
                            int8_linear, pack_int4, quantize_int4, quantize_int8, quantize_roundtrip,
                            relative_error, unpack_int4)
@@ -107,6 +109,15 @@ def test_dequantized_weights_keep_ties_and_norms():
     deq = dequantized_weights({"tok_embeddings.weight": w, "output.weight": w, "norm.weight": norm}, "int8")
     assert deq["tok_embeddings.weight"] is deq["output.weight"]
     assert torch.equal(deq["norm.weight"], norm.float())
+
+
+def test_dequantized_weights_of_a_gguf_file(smollm2):
+    """a GGUF file's weights dict makes a new tensor at each access: every name still gets its own matrix (an
+    id taken from a freed tensor once gave wk the shape of another matrix), and the tied output stays tied"""
+    weights, args = load_checkpoint(smollm2)
+    deq = dequantized_weights(weights, "int8")
+    assert {k: tuple(t.shape) for k, t in deq.items()} == {k: tuple(s) for k, s in expected_shapes(args).items()}
+    assert deq["output.weight"] is deq["tok_embeddings.weight"]
 
 
 def test_bytes_per_format_8b():

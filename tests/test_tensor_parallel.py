@@ -25,6 +25,16 @@ def test_simulated_ranks_equal_one_process(model, world):
     torch.testing.assert_close(simulate(split_weights(weights, ARGS, world), ARGS, TOKENS), expected, **TOL)
 
 
+def test_simulated_ranks_of_tied_embeddings():
+    """tied embeddings (Llama 3.2 1B/3B, SmolLM2): the shards hold no output.weight, each rank reads its
+    tok_embeddings slice"""
+    w = random_weights(ARGS, seed=6, dtype=torch.float32, tied=True)
+    w["output.weight"] = w["tok_embeddings.weight"]
+    shards = split_weights(w, ARGS, 2)
+    assert "output.weight" not in shards[0]
+    torch.testing.assert_close(simulate(shards, ARGS, TOKENS), forward(w, ARGS, TOKENS), **TOL)
+
+
 def test_simulation_is_not_vacuous(model):
     """Ranks in the wrong order (each looks up the other's vocab slice) give other logits."""
     weights, expected = model
