@@ -115,6 +115,22 @@ def test_staging_swaps_widget_outputs_for_the_explorer(tmp_path):
     assert json.loads((tmp_path / "05_attention.ipynb").read_text())["cells"] == orig["cells"]
 
 
+def test_zh_pages_are_staged_from_notebooks_zh(tmp_path):
+    site.stage(tmp_path, lang="zh")
+    en = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+    assert sorted(p.name for p in tmp_path.glob("*.ipynb")) == en
+    index = (tmp_path / "index.md").read_text()
+    readme = [m[1] for m in re.finditer(r"^\| *\w+ *\| *`(\w+)`", (ROOT / "README.md").read_text(), re.M)]
+    assert re.findall(r"^\| \w+ \| \[[^]]+\]\((\w+)\.ipynb\)", index, re.M) == readme
+    assert "[05 · " in index and "注意力" in index                          # titles from the zh notebooks
+    zh05 = json.loads((tmp_path / "05_attention.ipynb").read_text())
+    assert zh05["cells"] == json.loads((ROOT / "notebooks" / "zh" / "05_attention.ipynb").read_text())["cells"]
+    assert (tmp_path / "glossary.md").read_text().startswith("#")        # the translation marker is dropped
+    assert "data-llama3-explorer" in (tmp_path / "explorer.md").read_text()
+    zh10 = json.loads((tmp_path / "10_see_inside.ipynb").read_text())["cells"]
+    assert any("在浏览器中" in "".join(c["source"]) and site.EXPLORER_DIV in "".join(c["source"]) for c in zh10)
+
+
 def test_reading_order_needs_the_table(tmp_path):
     (tmp_path / "README.md").write_text("# no table here\n")
     with pytest.raises(ValueError, match="no notebook table"):
@@ -192,6 +208,15 @@ def test_built_site_has_every_page_and_only_local_resources(built):
     assert 'href="01_tokenizer.html"' in (built / "00_checkpoint.html").read_text()   # notebook links -> pages
     assert 'href="glossary.html"' in (built / "teachers_guide.html").read_text()
     assert 'href="notebooks/05_attention.ipynb"' in nb05 and "colab.research.google.com" in nb05
+    # the Chinese edition under zh/, every page linked to its counterpart
+    assert {f"zh/{n}.html" for n in ["index", *names]} <= pages
+    zh05 = (built / "zh" / "05_attention.html").read_text()
+    assert 'lang="zh-CN"' in zh05 and 'href="../05_attention.html"' in zh05 and "下载笔记本" in zh05
+    assert 'href="zh/05_attention.html"' in nb05 and 'href="zh/index.html"' in (built / "index.html").read_text()
+    assert (built / "zh" / "notebooks" / "05_attention.ipynb").read_bytes() == \
+        (ROOT / "notebooks" / "zh" / "05_attention.ipynb").read_bytes()
+    assert (built / "zh" / site.DATA).read_bytes() == (built / site.DATA).read_bytes()
+    assert not (built / "jupyter_execute").exists()                       # myst-nb's scratch stays out of the site
 
 
 @pytest.mark.slow
@@ -207,6 +232,18 @@ def test_built_site_pages_load_in_chromium(driver, built, server):
         assert not severe(driver), (page, severe(driver))
     open_page(driver, server + "05_attention.html")
     assert driver.execute_script("return document.images.length") >= 2
+    # search works in both languages (the zh index is segmented by jieba), each linking to the right pages
+    from urllib.parse import quote
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    for page, query, hit in [("search.html", "grouped-query", "05_attention.html"),
+                             ("zh/search.html", "注意力", "zh/05_attention.html")]:
+        open_page(driver, server + page + "?q=" + quote(query))
+        WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#search-results li a"))
+        links = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, "#search-results li a")]
+        assert any(link.split("?")[0].endswith(hit) for link in links), (query, links[:5])
+        assert not severe(driver), (page, severe(driver))
 
 
 def view_key(driver):
@@ -217,7 +254,7 @@ def view_key(driver):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", ["explorer.html", "11_explorer.html", "10_see_inside.html"])
+@pytest.mark.parametrize("page", ["explorer.html", "11_explorer.html", "10_see_inside.html", "zh/explorer.html"])
 def test_built_site_explorer_controls_redraw(driver, built, server, page):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -228,9 +265,10 @@ def test_built_site_explorer_controls_redraw(driver, built, server, page):
     WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-llama3-explorer][data-ready]"))
     root = driver.find_element(By.CSS_SELECTOR, "[data-llama3-explorer]")
     SHOTS.mkdir(parents=True, exist_ok=True)
+    shot = page.replace("/", "-")[:-5]     # zh/explorer.html -> zh-explorer
     if page != "explorer.html":                                       # the explorer page: from its title down
         driver.execute_script("arguments[0].scrollIntoView()", root)
-    driver.save_screenshot(str(SHOTS / f"{Path(page).stem}-probs.png"))
+    driver.save_screenshot(str(SHOTS / f"{shot}-probs.png"))
 
     def slide(name, value):
         driver.execute_script("const e = arguments[0]; e.value = arguments[1];"
@@ -256,8 +294,8 @@ def test_built_site_explorer_controls_redraw(driver, built, server, page):
         act()
         assert view_key(driver) != before, f"{page}: changing {what} did not redraw the view"
         if what in ("view scores", "model"):
-            driver.save_screenshot(str(SHOTS / f"{Path(page).stem}-{what.split()[-1]}.png"))
-    driver.save_screenshot(str(SHOTS / f"{Path(page).stem}-types.png"))
+            driver.save_screenshot(str(SHOTS / f"{shot}-{what.split()[-1]}.png"))
+    driver.save_screenshot(str(SHOTS / f"{shot}-types.png"))
     # a click on a head in the summary opens its map; hovering a cell names the token pair and the value
     cell = root.find_element(By.CSS_SELECTOR, "rect[data-layer='1'][data-head='1']")
     cell.click()
