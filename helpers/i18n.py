@@ -32,6 +32,7 @@ GUIDES = ("glossary.md", "teachers_guide.md")
 MARK = re.compile(r"^<!-- cell (\S+) en ([0-9a-f]{8}) -->$", re.M)
 GUIDE_MARK = re.compile(r"\A<!-- en ([0-9a-f]{8}) -->\n")
 CJK = re.compile(r"[\u4e00-\u9fff]")
+NBGRADER_MARKS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
 
 
 class TranslationError(ValueError):
@@ -101,6 +102,10 @@ def fidelity(en, zh):
         elif a[k] != b[k]:
             out.append(f"{k} differ: English has {sorted((a[k] - b[k]).elements())} "
                        f"that the translation lacks, the translation {sorted((b[k] - a[k]).elements())}")
+    for mark in NBGRADER_MARKS:   # nbgrader cuts a student version at these words, in markdown cells too
+        if en.count(mark) != zh.count(mark):
+            out.append(f"'{mark}' appears {zh.count(mark)} times, the English {en.count(mark)}: nbgrader's "
+                       "ClearSolutions would cut the cell there")
     words = re.findall(r"[A-Za-z]{3,}", re.sub(r"`[^`]*`|\$[^$]*\$|\]\([^)]*\)|```.*?```", "", en, flags=re.S))
     if len(words) >= 4 and not CJK.search(zh):
         out.append("no Chinese in the translation")

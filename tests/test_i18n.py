@@ -123,6 +123,7 @@ def test_missing_and_orphan_translations_are_named(tiny):
     (("../assets/x.png", "x.png"), "links differ"),
     (("# 01 · 词元 (token)", "01 · 词元"), "headings differ"),
     (("第 3 层关注", "第三层关注"), "numbers ['3']"),
+    (("第 3 层关注", "BEGIN SOLUTION 第 3 层关注"), "'BEGIN SOLUTION' appears 1 times"),   # nbgrader would cut here
 ])
 def test_an_unfaithful_translation_is_refused(tiny, change, why):
     en, zh = tiny
