@@ -75,8 +75,8 @@ def small_args(args, head_dim=16, n_layers=2):
 def text_ids(tok):
     """(TEXT as token ids with the tokenizer's own start and end: Llama 3's <|begin_of_text|> ... <|end_of_text|>,
     the id that starts text (None for a tokenizer that adds no BOS, e.g. SmolLM2's: no bos rows then))."""
-    bos = tok.bos_id if getattr(tok, "add_bos", True) else None
-    return tok.encode(TEXT, bos=True, eos=True), bos
+    start = tok.encode("", bos=True)                                      # the tokenizer's own rule
+    return tok.encode(TEXT, bos=True, eos=True), (start[0] if start else None)
 
 
 def setup(args, ids, bos, cfg=CFG):

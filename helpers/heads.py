@@ -34,19 +34,14 @@ def word_id(tokenizer, word):
     return ids[0]
 
 
-def start_ids(tokenizer):
-    """what the tokenizer puts before plain text: [bos_id] (Llama 3), or nothing (add_bos False: SmolLM2)."""
-    return [tokenizer.bos_id] if getattr(tokenizer, "add_bos", True) else []
-
-
 def induction_probe(tokenizer, n=50, seed=0):
-    """the tokenizer's start (start_ids) + n distinct random words of COMMON_WORDS + the same n again: 2n + 1
-    ids after a BOS, 2n without."""
+    """what the tokenizer puts before text (encode's bos: Llama 3's <|begin_of_text|>, nothing for SmolLM2) +
+    n distinct random words of COMMON_WORDS + the same n again: 2n + 1 ids after a BOS, 2n without."""
     if not 2 <= n <= len(COMMON_WORDS):
         raise ValueError(f"n={n}: pick 2 <= n <= {len(COMMON_WORDS)} words")
     pick = torch.randperm(len(COMMON_WORDS), generator=torch.Generator().manual_seed(seed))[:n]
     ids = [word_id(tokenizer, COMMON_WORDS[i]) for i in pick.tolist()]
-    return start_ids(tokenizer) + ids + ids
+    return tokenizer.encode("", bos=True) + ids + ids
 
 
 def induction_scores(weights, args, tokenizer, n=50, seeds=(0, 1, 2, 3)):

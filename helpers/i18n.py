@@ -47,6 +47,16 @@ def notebooks(folder=EN):
     return sorted(Path(folder).glob("[0-9][0-9]*_*.ipynb"))
 
 
+def translation_file(name, zh=ZH):
+    """notebooks/zh/translations/<stem>.md for a notebook name (with or without .ipynb)."""
+    return Path(zh) / "translations" / f"{Path(name).stem}.md"
+
+
+def unmark_guide(text):
+    """a zh guide without its first line (the hash of the English it translates): the text readers see."""
+    return GUIDE_MARK.sub("", text, count=1)
+
+
 def read_translations(path):
     """{cell id: (en digest, zh markdown)} from a translation file ({} when there is none)."""
     if not path.exists():
@@ -133,7 +143,7 @@ def translate(en_nb, found):
 def generate(name, en=EN, zh=ZH):
     """(zh notebook as JSON text, problems) for notebook `name` (file name)."""
     en_nb = nbformat.read(Path(en) / name, as_version=4)
-    found = read_translations(Path(zh) / "translations" / f"{Path(name).stem}.md")
+    found = read_translations(translation_file(name, zh))
     nb, problems = translate(en_nb, found)
     ids = {c.id for c in en_nb.cells}
     problems += [(i, "translation of a cell the English notebook no longer has") for i in found if i not in ids]
@@ -143,7 +153,7 @@ def generate(name, en=EN, zh=ZH):
 def todo(name, en=EN, zh=ZH):
     """the cells of `name` still to translate, as a translation-file fragment holding the English text."""
     en_nb = nbformat.read(Path(en) / f"{Path(name).stem}.ipynb", as_version=4)
-    found = read_translations(Path(zh) / "translations" / f"{Path(name).stem}.md")
+    found = read_translations(translation_file(name, zh))
     out = []
     for c in en_nb.cells:
         if c.cell_type == "markdown" and found.get(c.id, ("",))[0] != digest(c.source):

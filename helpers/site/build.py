@@ -14,13 +14,14 @@ import sys
 import time
 from pathlib import Path
 
+from helpers import i18n
 from helpers.site import conf
 from helpers.viz import explorer_data
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 NOTEBOOKS = ROOT / "notebooks"
-ZH = NOTEBOOKS / "zh"
+ZH = i18n.ZH
 GUIDES = ("teachers_guide.md", "glossary.md")
 WIDGET = "application/vnd.jupyter.widget-view+json"
 EXPLORER_DIV = '<div class="llama3-explorer" data-llama3-explorer></div>'
@@ -139,7 +140,7 @@ def stage(src_dir, readme=ROOT / "README.md", lang="en"):
             raise FileNotFoundError(f"{folder / nb.name} is missing: run `python -m helpers.i18n`")
         stage_notebook(folder / nb.name, src_dir / nb.name, lang)
     for g in GUIDES:   # the zh guides start with the hash of the English one they translate: not for readers
-        (src_dir / g).write_text(re.sub(r"\A<!-- en [0-9a-f]{8} -->\n", "", (folder / g).read_text()))
+        (src_dir / g).write_text(i18n.unmark_guide((folder / g).read_text()))
     (src_dir / "index.md").write_text(index_md(reading_order(readme), lang))
     (src_dir / "explorer.md").write_text(explorer_md(lang))
 
